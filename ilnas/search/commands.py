@@ -1,0 +1,1 @@
+"""``ilnas search`` (registered on ilnas.cli.app)."""

@@ -1,0 +1,1 @@
+"""``ilnas retrain`` and ``ilnas transfer`` (registered on ilnas.cli.app)."""
