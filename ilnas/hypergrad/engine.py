@@ -1,0 +1,198 @@
+"""Architecture hypergradients through the interleaved stages (DESIGN.md section 2).
+
+Three interchangeable methods share one definition of the inner step,
+``theta' = theta - xi * (mu * buf + grad L_k^tr(theta, A) + wd * theta + lam * (W - W_prev))``,
+with the momentum term ``mu * buf`` treated as a constant (as DARTS does) in every method:
+
+* ``first_order``: W held constant; the gradient of the summed validation loss at the current weights.
+* ``finite_difference``: reverse mode through every inner step of every stage; each Hessian-vector
+  and mixed product by central differences (two gradients per step, each w.r.t. theta and A).
+* ``exact``: the same chain by autograd through ``create_graph=True`` (memory grows with K*R*T).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ilnas.hypergrad.problem import InnerHParams, Params, Problem, Stage
+
+METHODS = ("first_order", "finite_difference", "exact")
+FD_EPS = 0.01
+
+
+@dataclass
+class HypergradResult:
+    grads: list[torch.Tensor]  # one per hyper, same order as problem.hypers()
+    val_loss: float
+    val_losses: list[float]  # per task
+
+
+@dataclass
+class _Record:
+    stage: int
+    theta: Params  # stage parameters before the step (detached)
+    batch: Any
+    xi: float
+
+
+def _zeros_like_all(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [torch.zeros_like(t) for t in tensors]
+
+
+def _grad_or_zero(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like, strict=True)]
+
+
+def _inner_step(theta: Params, grads: Sequence[torch.Tensor], stage: Stage, anchor: Params, xi: float,
+                hp: InnerHParams, bufs: dict[str, torch.Tensor | None]) -> Params:
+    new = {}
+    for (name, p), g in zip(theta.items(), grads, strict=True):
+        d = g + hp.weight_decay * p
+        if hp.lam and name in anchor:
+            d = d + hp.lam * (p - anchor[name])
+        buf = bufs.get(name)  # detached: the momentum term is a constant of the step
+        step = d if buf is None else hp.momentum * buf + d
+        bufs[name] = step.detach()  # torch.optim.SGD's buffer update (dampening 0)
+        new[name] = p - xi * step
+    return new
+
+
+def unroll(problem: Problem, params0: Params, stages: Sequence[Stage], hp: InnerHParams,
+           create_graph: bool = False) -> tuple[Params, list[Params], list[_Record]]:
+    """Run every stage's inner steps on a parameter dict; return final params, per-stage encoder snapshots, records."""
+    params = dict(params0)
+    bufs: dict[str, torch.Tensor | None] = {n: b.clone() for n, b in hp.momentum_buffers.items()}
+    snapshots: list[Params] = []
+    records: list[_Record] = []
+    for si, stage in enumerate(stages):
+        anchor = {n: params[n] for n in stage.anchored}
+        for batch, xi in zip(stage.batches, stage.lrs, strict=True):
+            if create_graph:
+                theta = {n: params[n] for n in stage.names}
+            else:
+                theta = {n: params[n].detach().requires_grad_(True) for n in stage.names}
+            loss = problem.train_loss({**params, **theta}, stage.task, batch)
+            _check_finite(loss, f"virtual train loss of stage {si} (task {stage.task})")
+            grads = torch.autograd.grad(loss, list(theta.values()), create_graph=create_graph)
+            if not create_graph:
+                theta = {n: t.detach() for n, t in theta.items()}
+                grads = [g.detach() for g in grads]
+                records.append(_Record(si, theta, batch, xi))
+            params.update(_inner_step(theta, grads, stage, anchor, xi, hp, bufs))
+        snapshots.append({n: params[n] for n in stage.anchored})
+    return params, snapshots, records
+
+
+def _val_objective(problem: Problem, final: Params, own_snapshots: dict[int, Params] | None,
+                   val_batches: Sequence[Any]) -> tuple[torch.Tensor, list[float]]:
+    losses = []
+    for k, batch in enumerate(val_batches):
+        params = final if own_snapshots is None else {**final, **own_snapshots[k]}
+        loss = problem.val_loss(params, k, batch)
+        _check_finite(loss, f"validation loss of task {k}")
+        losses.append(loss)
+    total = torch.stack(losses).sum()
+    return total, [float(v.detach()) for v in losses]
+
+
+def _own_stage_index(stages: Sequence[Stage], k: int) -> int:
+    """The last stage that trained task k: its encoder is W_k^R for ``val_on: own``."""
+    return max(i for i, s in enumerate(stages) if s.task == k)
+
+
+def hypergradient(method: str, problem: Problem, params: Params, stages: Sequence[Stage],
+                  val_batches: Sequence[Any], hp: InnerHParams, val_on: str = "final") -> HypergradResult:
+    if method not in METHODS:
+        raise ValueError(f"unknown hypergradient method {method!r}; allowed: {list(METHODS)}")
+    if val_on not in ("final", "own"):
+        raise ValueError(f"unknown val_on {val_on!r}; allowed: ['final', 'own']")
+    hypers = problem.hypers()
+    params = {n: p.detach() for n, p in params.items()}
+    if method == "first_order":
+        total, per_task = _val_objective(problem, params, None, val_batches)
+        return HypergradResult(_grad_or_zero(torch.autograd.grad(total, hypers, allow_unused=True), hypers),
+                               float(total.detach()), per_task)
+    if method == "exact":
+        leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
+        final, snaps, _ = unroll(problem, leaves, stages, hp, create_graph=True)
+        own = {k: snaps[_own_stage_index(stages, k)] for k in range(len(val_batches))} if val_on == "own" else None
+        total, per_task = _val_objective(problem, final, own, val_batches)
+        grads = torch.autograd.grad(total, hypers, allow_unused=True)
+        return HypergradResult(_grad_or_zero(grads, hypers), float(total.detach()), per_task)
+    return _finite_difference(problem, params, stages, val_batches, hp, val_on, hypers)
+
+
+def _finite_difference(problem: Problem, params: Params, stages: Sequence[Stage], val_batches: Sequence[Any],
+                       hp: InnerHParams, val_on: str, hypers: list[torch.Tensor]) -> HypergradResult:
+    final, snaps, records = unroll(problem, params, stages, hp, create_graph=False)
+    final = {n: p.detach().requires_grad_(True) for n, p in final.items()}
+    own_idx: dict[int, int] = {}
+    own = None
+    if val_on == "own":
+        own_idx = {k: _own_stage_index(stages, k) for k in range(len(val_batches))}
+        own = {k: {n: p.detach().requires_grad_(True) for n, p in snaps[i].items()} for k, i in own_idx.items()}
+    total, per_task = _val_objective(problem, final, own, val_batches)
+    leaves = list(final.values()) + [p for k in sorted(own or {}) for p in own[k].values()]
+    grads = torch.autograd.grad(total, hypers + leaves, allow_unused=True)
+    g_hyper = _grad_or_zero(grads[: len(hypers)], hypers)
+    rest = _grad_or_zero(grads[len(hypers):], leaves)
+    u: Params = dict(zip(final.keys(), rest[: len(final)], strict=True))
+    own_adjoint: dict[int, Params] = {}
+    offset = len(final)
+    for k in sorted(own or {}):
+        names = list(own[k].keys())
+        own_adjoint[own_idx[k]] = dict(zip(names, rest[offset : offset + len(names)], strict=True))
+        offset += len(names)
+
+    by_stage: dict[int, list[_Record]] = {}
+    for rec in records:
+        by_stage.setdefault(rec.stage, []).append(rec)
+    for si in reversed(range(len(stages))):
+        stage = stages[si]
+        for name, v in own_adjoint.get(si, {}).items():
+            u[name] = u[name] + v
+        anchor_adjoint = {n: torch.zeros_like(u[n]) for n in stage.anchored} if hp.lam else {}
+        for rec in reversed(by_stage.get(si, [])):
+            u_theta = [u[n] for n in stage.names]
+            hvp, mixed = _central_difference(problem, rec, stage, u_theta, hypers)
+            for h, m in zip(g_hyper, mixed, strict=True):
+                h.sub_(rec.xi * m)
+            for n, hv in zip(stage.names, hvp, strict=True):
+                u_old = u[n]
+                delta = hv + hp.weight_decay * u_old
+                if hp.lam and n in anchor_adjoint:
+                    delta = delta + hp.lam * u_old
+                    anchor_adjoint[n] += rec.xi * hp.lam * u_old
+                u[n] = u_old - rec.xi * delta
+        for n, a in anchor_adjoint.items():
+            u[n] = u[n] + a
+    return HypergradResult(g_hyper, float(total.detach()), per_task)
+
+
+def _central_difference(problem: Problem, rec: _Record, stage: Stage, u_theta: list[torch.Tensor],
+                        hypers: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``(Hess_theta L u, d/dA <grad_theta L, u>)`` from gradients at ``theta +- eps u`` (DARTS' eps = 0.01/||u||)."""
+    norm = math.sqrt(sum(float((v * v).sum()) for v in u_theta))
+    if norm == 0.0:
+        return _zeros_like_all(u_theta), _zeros_like_all(hypers)
+    eps = FD_EPS / norm
+    sides = []
+    for sign in (1.0, -1.0):
+        theta = {n: (rec.theta[n] + sign * eps * v).requires_grad_(True)
+                 for n, v in zip(stage.names, u_theta, strict=True)}
+        loss = problem.train_loss(theta, stage.task, rec.batch)
+        g = torch.autograd.grad(loss, list(theta.values()) + hypers, allow_unused=True)
+        sides.append(_grad_or_zero(g, list(theta.values()) + hypers))
+    plus, minus = sides
+    diff = [(p - m) / (2 * eps) for p, m in zip(plus, minus, strict=True)]
+    return diff[: len(u_theta)], diff[len(u_theta):]
+
+
+def _check_finite(loss: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(loss.detach()).all():
+        raise FloatingPointError(f"non-finite {what}: {float(loss.detach())}")

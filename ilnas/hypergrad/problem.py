@@ -1,0 +1,73 @@
+"""What the hypergradient engine differentiates: losses of a parameter dict, and the hyper-parameters.
+
+The engine never touches a real module: a ``Problem`` evaluates losses on parameter dicts through
+``torch.func.functional_call`` with cloned BatchNorm buffers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+Params = dict[str, torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Problem(Protocol):
+    """A multi-level problem: train loss of stage ``task`` and validation loss of ``task``."""
+
+    def hypers(self) -> list[torch.Tensor]: ...
+
+    def train_loss(self, params: Params, task: int, batch: Any) -> torch.Tensor: ...
+
+    def val_loss(self, params: Params, task: int, batch: Any) -> torch.Tensor: ...
+
+
+@dataclass
+class Stage:
+    """One stage (r, k) of the interleave: ``steps`` SGD steps of ``names`` (= encoder W + head H_k) on task k.
+
+    ``anchored`` are the names pulled towards the stage's starting value by ``lam`` (the encoder W).
+    """
+
+    task: int
+    names: list[str]
+    anchored: list[str]
+    batches: list[Any]
+    lrs: list[float]
+    round: int = 0
+
+
+@dataclass
+class InnerHParams:
+    """The inner optimizer every method imitates: SGD with momentum and weight decay, plus the proximity term."""
+
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    lam: float = 0.0
+    momentum_buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class SupernetProblem:
+    """Cross-entropy of ``supernet(x, arch(), task)`` evaluated on parameter dicts (Betty-style)."""
+
+    def __init__(self, model: nn.Module, arch: nn.Module):
+        self.model, self.arch = model, arch
+        # virtual steps run BatchNorm in train mode on clones: real running statistics never move
+        self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+
+    def hypers(self) -> list[torch.Tensor]:
+        return list(self.arch.parameters())
+
+    def logits(self, params: Params, task: int, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, {**params, **self.buffers}, (x, self.arch(), task), strict=False)
+
+    def train_loss(self, params: Params, task: int, batch: Batch) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self.logits(params, task, x), y)
+
+    val_loss = train_loss
