@@ -110,7 +110,17 @@ class Supernet(nn.Module):
         return self.heads[task](self.encoder(x, arch_weights))
 
     def encoder_names(self) -> list[str]:
-        return [n for n, _ in self.named_parameters() if n.startswith("encoder.")]
+        return list(self._names()["encoder"])
 
     def head_names(self, task: int) -> list[str]:
-        return [n for n, _ in self.named_parameters() if n.startswith(f"heads.{task}.")]
+        return list(self._names()[f"heads.{task}"])
+
+    def _names(self) -> dict[str, list[str]]:
+        # walked once: named_parameters() over hundreds of mixed ops is costly on every search step
+        if not hasattr(self, "_name_groups"):
+            groups: dict[str, list[str]] = {}
+            for n, _ in self.named_parameters():
+                key = "encoder" if n.startswith("encoder.") else ".".join(n.split(".")[:2])
+                groups.setdefault(key, []).append(n)
+            self._name_groups = groups
+        return self._name_groups

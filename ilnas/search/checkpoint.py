@@ -1,0 +1,46 @@
+"""Search checkpoints: everything needed to continue bit-for-bit, written atomically, loaded weights-only."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ilnas.utils.io import atomic_torch_save
+
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: the message names the file and what is wrong."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    return atomic_torch_save(path, {"checkpoint_version": CHECKPOINT_VERSION, **state})
+
+
+def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint not found") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or state.get("checkpoint_version") != CHECKPOINT_VERSION:
+        found = state.get("checkpoint_version") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: not an ilnas search checkpoint (checkpoint_version={found!r}, "
+                              f"expected {CHECKPOINT_VERSION})")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}")
+    return state
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...]) -> list[str]:
+    keys = (set(saved) | set(current)) - set(ignore)
+    return sorted(k for k in keys if saved.get(k) != current.get(k))
