@@ -1,0 +1,105 @@
+"""Training checkpoints: timm's CheckpointSaver (last + best, written to a temp file then renamed), made
+``torch.load(weights_only=True)``-safe and carrying everything an exact resume needs.
+
+timm's saver pickles ``args`` when given; we pass ``args=None`` and add our own plain-data ``extra``
+(scheduler state, RNG state, history rows, the config as JSON-able dict, the genotype dict).
+Loading never falls back silently: an unreadable, incomplete or mismatched file raises
+:class:`CheckpointError` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.utils import CheckpointSaver
+from timm.utils.model import get_state_dict, unwrap_model
+
+LAST = "last.pth.tar"
+BEST = "model_best.pth.tar"
+REQUIRED_KEYS = ("epoch", "state_dict", "optimizer", "extra")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used to resume or initialise: the message names the file and the problem."""
+
+
+class SafeCheckpointSaver(CheckpointSaver):
+    """CheckpointSaver whose files hold only tensors and plain data, plus an ``extra`` dict from ``extra_fn``."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, checkpoint_dir: str | os.PathLike,
+                 extra_fn: Callable[[], dict[str, Any]], model_ema: torch.nn.Module | None = None,
+                 amp_scaler: Any = None, max_history: int = 1):
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        super().__init__(model, optimizer, args=None, model_ema=model_ema, amp_scaler=amp_scaler,
+                         checkpoint_dir=str(checkpoint_dir), recovery_dir=str(checkpoint_dir),
+                         decreasing=False, max_history=max_history)
+        self.extra_fn = extra_fn
+
+    def _save(self, save_path: str, epoch: int, metric: float | None = None) -> None:
+        state: dict[str, Any] = {
+            "epoch": int(epoch),
+            "arch": type(unwrap_model(self.model)).__name__.lower(),
+            "optimizer": self.optimizer.state_dict(),
+            "version": 2,
+            "state_dict": get_state_dict(self.model, self.unwrap_fn),
+        }
+        if self.model_ema is not None:
+            state["state_dict_ema"] = get_state_dict(self.model_ema, self.unwrap_fn)
+        if self.amp_scaler is not None:
+            state[self.amp_scaler.state_dict_key] = self.amp_scaler.state_dict()
+        if metric is not None:
+            state["metric"] = float(metric)
+        state["saver"] = self.state_dict(epoch, metric)
+        state["extra"] = self.extra_fn()
+        torch.save(state, save_path)
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training checkpoint with ``weights_only=True``; CheckpointError names the file on any problem."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: checkpoint file does not exist") from exc
+    except Exception as exc:  # corrupt zip, truncated file, non-weights pickle, ...
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a training checkpoint (got {type(state).__name__}, expected a dict)")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not an ilnas training checkpoint, missing key(s) {missing}")
+    return state
+
+
+def load_module_state(path: str | os.PathLike, module: torch.nn.Module, state_dict: dict[str, torch.Tensor],
+                      what: str = "state_dict") -> None:
+    """``module.load_state_dict`` with strict checking; shape / key mismatches name the file."""
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: {what} does not match the model ({exc})") from exc
+
+
+def config_mismatch(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """Keys (dotted) whose values differ between two config dicts, for an error message."""
+    diffs: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                name = f"{prefix}{key}"
+                if name in ignore:
+                    continue
+                if key not in a or key not in b:
+                    diffs.append(f"{name} (only in {'checkpoint' if key in a else 'config'})")
+                else:
+                    walk(a[key], b[key], name + ".")
+        elif a != b:
+            diffs.append(f"{prefix.rstrip('.')}: checkpoint {a!r} != config {b!r}")
+
+    walk(saved, current, "")
+    return diffs

@@ -1,0 +1,390 @@
+"""The training loop shared by retraining and transfer, assembled from timm's parts.
+
+timm provides the optimizer (create_optimizer_v2), scheduler (create_scheduler_v2), Mixup/CutMix, the
+losses (LabelSmoothingCrossEntropy, SoftTargetCrossEntropy), ModelEmaV3, CheckpointSaver, NativeScaler
+(AMP), accuracy and AverageMeter. What is ours: LeRaC, the DARTS drop-path ramp, the auxiliary loss,
+exact resume (RNG + data order per epoch), DDP sharding and metric reduction, CSV/JSON outputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import AverageMeter, ModelEmaV3, NativeScaler, accuracy, dispatch_clip_grad
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm.auto import tqdm
+
+from ilnas.train.checkpoint import (
+    BEST,
+    LAST,
+    CheckpointError,
+    SafeCheckpointSaver,
+    config_mismatch,
+    load_checkpoint_file,
+    load_module_state,
+)
+from ilnas.train.config import LeRaCConfig, _TrainCommon
+from ilnas.train.distributed import DistContext, all_reduce_sum, barrier
+from ilnas.train.lerac import GROUP_KEY, LeRaCScheduler, lerac_param_groups
+from ilnas.utils.device import amp_enabled, rng_state, set_rng_state
+from ilnas.utils.io import atomic_write_text
+
+EpochCallback = Callable[[int, dict[str, Any]], None]
+# config keys that may differ between an interrupted run and its resume (they do not change the result)
+RESUME_IGNORED = ("num_workers", "device", "log_interval", "data_root", "checkpoint", "eval_batches")
+
+
+def progress_enabled(ctx: DistContext) -> bool:
+    """Progress bars only on rank 0 and only on a terminal (no bar spam in DVC / Prefect logs)."""
+    return ctx.is_main and sys.stderr.isatty()
+
+
+def shard(dataset: Dataset, ctx: DistContext) -> Dataset:
+    """Every rank evaluates a disjoint slice (no padding, so reduced metrics count each image once)."""
+    if not ctx.distributed:
+        return dataset
+    return Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world_size)))
+
+
+def eval_loader(dataset: Dataset, batch_size: int, ctx: DistContext, num_workers: int = 0) -> DataLoader:
+    return DataLoader(shard(dataset, ctx), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=ctx.device.type == "cuda")
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, ctx: DistContext, num_classes: int, amp: bool = False,
+             channels_last: bool = False, max_batches: int | None = None, desc: str = "eval") -> dict[str, float]:
+    """Loss, top-1 and top-k (k = min(5, num_classes)) as fractions, and images/s, reduced over ranks."""
+    model.eval()
+    k = min(5, num_classes)
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    loss_sum = correct1 = correctk = n = 0.0
+    seconds = 0.0
+    autocast = torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext()
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress_enabled(ctx))
+    for i, (x, y) in enumerate(bar):
+        if max_batches is not None and i >= max_batches:
+            break
+        x, y = _to_device(x, y, ctx.device, channels_last)
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+        start = time.perf_counter()
+        with autocast:
+            out = model(x)
+        if isinstance(out, tuple):
+            out = out[0]
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+        seconds += time.perf_counter() - start
+        out = out.float()
+        bs = y.shape[0]
+        acc1, acck = accuracy(out, y, topk=(1, k))
+        loss_sum += float(loss_fn(out, y))
+        correct1 += round(float(acc1) * bs / 100.0)
+        correctk += round(float(acck) * bs / 100.0)
+        n += bs
+    loss_sum, correct1, correctk, n, seconds_sum = all_reduce_sum([loss_sum, correct1, correctk, n, seconds], ctx)
+    if n == 0:
+        raise ValueError(f"{desc}: the evaluation set is empty")
+    # ranks run in parallel: throughput is all images over the mean per-rank time
+    per_rank_seconds = seconds_sum / ctx.world_size
+    return {
+        "loss": loss_sum / n,
+        "top1": correct1 / n,
+        "top5": correctk / n,
+        "topk": k,
+        "n": int(n),
+        "images_per_s": n / per_rank_seconds if per_rank_seconds > 0 else float("inf"),
+    }
+
+
+def write_history_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    eval_model: nn.Module  # EMA weights when ema is on, else the model
+    history: list[dict[str, Any]]
+    best_metric: float | None
+    best_epoch: int | None
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    resumed_from: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def build_optimizer(model: nn.Module, cfg: _TrainCommon, lerac: LeRaCConfig | None):
+    """timm optimizer + scheduler; with LeRaC, one param group per depth group and a wrapping scheduler."""
+    opt_kwargs: dict[str, Any] = {}
+    if cfg.opt.lower() in ("sgd", "nesterov", "momentum"):
+        opt_kwargs["momentum"] = cfg.momentum
+    if lerac is not None and lerac.enabled:
+        params = lerac_param_groups(model, cfg.weight_decay)
+        optimizer = create_optimizer_v2(params, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kwargs)
+        sched_epochs = max(cfg.epochs - lerac.epochs, 1)
+        sched, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=sched_epochs, min_lr=cfg.lr_min,
+                                       warmup_epochs=0)
+        return optimizer, LeRaCScheduler(optimizer, sched, cfg.lr, lerac.min_ratio, lerac.epochs)
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kwargs)
+    sched, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=max(cfg.epochs, 1), min_lr=cfg.lr_min,
+                                   warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr)
+    return optimizer, sched
+
+
+def _group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """``lr`` (the highest) plus, with LeRaC groups, ``lr_g{j}`` per depth group."""
+    row: dict[str, float] = {"lr": max(g["lr"] for g in optimizer.param_groups)}
+    if any(GROUP_KEY in g for g in optimizer.param_groups):
+        per: dict[int, float] = {}
+        for g in optimizer.param_groups:
+            per.setdefault(int(g[GROUP_KEY]), g["lr"])
+        row.update({f"lr_g{j}": per[j] for j in sorted(per)})
+    return row
+
+
+def fit(
+    cfg: _TrainCommon,
+    model: nn.Module,
+    train_ds: Dataset,
+    eval_ds: Dataset,
+    num_classes: int,
+    out_dir: Path,
+    ctx: DistContext,
+    *,
+    resume: bool = True,
+    callbacks: Sequence[EpochCallback] = (),
+    lerac: LeRaCConfig | None = None,
+    identity: dict[str, Any] | None = None,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``model`` for ``cfg.epochs`` epochs, evaluating on ``eval_ds`` after each, with checkpoints.
+
+    ``identity`` (config + genotype as plain data) is stored in every checkpoint; resuming from a checkpoint
+    whose identity differs raises CheckpointError instead of silently mixing two runs.
+    """
+    device = ctx.device
+    use_amp = amp_enabled(device, cfg.amp)
+    channels_last = cfg.channels_last and device.type == "cuda"
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer, scheduler = build_optimizer(model, cfg, lerac)
+    loss_scaler = NativeScaler(device=device.type) if use_amp else None
+    model_ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
+
+    mixup_fn = None
+    if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
+        mixup_fn = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha,
+                         label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+        train_loss_fn: nn.Module = SoftTargetCrossEntropy()
+    elif cfg.label_smoothing > 0:
+        train_loss_fn = LabelSmoothingCrossEntropy(smoothing=cfg.label_smoothing)
+    else:
+        train_loss_fn = nn.CrossEntropyLoss()
+
+    # data order is a pure function of (seed, epoch), so a resumed run sees the same batches
+    if ctx.distributed:
+        sampler: Any = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                          seed=cfg.seed, drop_last=mixup_fn is not None)
+        generator = None
+    else:
+        generator = torch.Generator()
+        sampler = RandomSampler(train_ds, generator=generator)
+    loader_gen = torch.Generator()
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                              pin_memory=device.type == "cuda", drop_last=mixup_fn is not None,
+                              generator=loader_gen, persistent_workers=False)
+    if len(train_loader) == 0:
+        raise ValueError(f"{desc}: no training batches (train set {len(train_ds)} images, batch {cfg.batch_size})")
+    val_loader = eval_loader(eval_ds, cfg.batch_size, ctx, cfg.num_workers)
+
+    ddp_model: nn.Module = model
+    if ctx.distributed:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    ckpt_dir = out_dir / "checkpoints"
+    history: list[dict[str, Any]] = []
+    num_updates = 0
+    identity = identity or {}
+
+    def extra_state() -> dict[str, Any]:
+        return {
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "history": history,
+            "num_updates": num_updates,
+            "identity": identity,
+        }
+
+    saver = None
+    if ctx.is_main:
+        saver = SafeCheckpointSaver(model, optimizer, ckpt_dir, extra_state, model_ema=model_ema,
+                                    amp_scaler=loss_scaler)
+
+    start_epoch, resumed_from = 0, None
+    last_path = ckpt_dir / LAST
+    if resume and last_path.exists():
+        state = load_checkpoint_file(last_path)
+        saved_identity = state["extra"].get("identity", {})
+        diffs = config_mismatch(saved_identity, identity, ignore=tuple(f"config.{k}" for k in RESUME_IGNORED))
+        if diffs:
+            raise CheckpointError(
+                f"{last_path}: checkpoint belongs to a different run: {'; '.join(diffs)}. "
+                "Use a fresh output directory or resume=False (--no-resume) to start over."
+            )
+        load_module_state(last_path, model, state["state_dict"])
+        if model_ema is not None:
+            if "state_dict_ema" not in state:
+                raise CheckpointError(f"{last_path}: ema is on but the checkpoint has no 'state_dict_ema'")
+            load_module_state(last_path, model_ema.module, state["state_dict_ema"], "state_dict_ema")
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["extra"]["scheduler"])
+            if loss_scaler is not None and loss_scaler.state_dict_key in state:
+                loss_scaler.load_state_dict(state[loss_scaler.state_dict_key])
+            if saver is not None and "saver" in state:
+                saver.load_state_dict(state["saver"])
+            set_rng_state(state["extra"]["rng"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"{last_path}: cannot restore training state ({type(exc).__name__}: {exc})") from exc
+        history = list(state["extra"]["history"])
+        num_updates = int(state["extra"]["num_updates"])
+        start_epoch = resumed_from = int(state["epoch"]) + 1
+        barrier(ctx)
+
+    unwrapped = _unwrap(model)
+    steps = len(train_loader)
+    prev_metric: float | None = history[-1].get("metric") if history else None
+    for epoch in range(start_epoch, cfg.epochs):
+        scheduler.step(epoch, prev_metric)
+        if hasattr(unwrapped, "drop_path_prob"):
+            # DARTS: drop-path probability ramps linearly from 0 to the target over the epochs
+            unwrapped.drop_path_prob = getattr(unwrapped, "drop_path_rate", 0.0) * epoch / max(cfg.epochs, 1)
+        if ctx.distributed:
+            sampler.set_epoch(epoch)
+        else:
+            generator.manual_seed(cfg.seed * 100003 + epoch)
+        loader_gen.manual_seed(cfg.seed * 100019 + epoch)
+        row: dict[str, Any] = {"epoch": epoch, **_group_lrs(optimizer),
+                               "drop_path_prob": float(getattr(unwrapped, "drop_path_prob", 0.0))}
+
+        ddp_model.train()
+        loss_m, acc_m = AverageMeter(), AverageMeter()
+        t0 = time.perf_counter()
+        bar = tqdm(train_loader, total=steps, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not progress_enabled(ctx))
+        for x, y in bar:
+            x, y = _to_device(x, y, device, channels_last)
+            target = y
+            if mixup_fn is not None:
+                x, target = mixup_fn(x, y)
+            with torch.autocast(device.type, dtype=torch.float16) if use_amp else nullcontext():
+                out = ddp_model(x)
+                if isinstance(out, tuple):
+                    logits, aux = out
+                    loss = train_loss_fn(logits, target) + cfg.auxiliary_weight * train_loss_fn(aux, target)
+                else:
+                    logits = out
+                    loss = train_loss_fn(logits, target)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"{desc}: non-finite loss {loss.item()} at epoch {epoch}; "
+                                         "lower lr or enable grad_clip")
+            optimizer.zero_grad(set_to_none=True)
+            if loss_scaler is not None:
+                loss_scaler(loss, optimizer, clip_grad=cfg.grad_clip, parameters=model.parameters())
+            else:
+                loss.backward()
+                if cfg.grad_clip:
+                    dispatch_clip_grad(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+            num_updates += 1
+            if model_ema is not None:
+                model_ema.update(model, step=num_updates)
+            bs = y.shape[0]
+            loss_m.update(loss.item(), bs)
+            acc_m.update(float(accuracy(logits.detach().float(), y, topk=(1,))[0]) / 100.0, bs)
+            bar.set_postfix(loss=f"{loss_m.avg:.3f}", top1=f"{acc_m.avg:.3f}")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_time = time.perf_counter() - t0
+        if ctx.distributed:  # BN running stats drift per rank between DDP's per-forward broadcasts
+            for buf in model.buffers():
+                torch.distributed.broadcast(buf, src=0)
+        loss_sum, acc_sum, n_seen = all_reduce_sum([loss_m.sum, acc_m.sum, float(loss_m.count)], ctx)
+        row.update(train_loss=loss_sum / n_seen, train_top1=acc_sum / n_seen)
+
+        val = evaluate(model, val_loader, ctx, num_classes, use_amp, channels_last, desc=f"{desc} eval")
+        row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
+        metric = val["top1"]
+        if model_ema is not None:
+            val_ema = evaluate(model_ema.module, val_loader, ctx, num_classes, use_amp, channels_last,
+                               desc=f"{desc} eval ema")
+            row.update(val_loss_ema=val_ema["loss"], val_top1_ema=val_ema["top1"], val_top5_ema=val_ema["top5"])
+            metric = val_ema["top1"]
+        row["metric"] = metric
+        row["epoch_time_s"] = time.perf_counter() - t0
+        row["train_images_per_s"] = n_seen / train_time if train_time > 0 else float("inf")
+        history.append(row)
+        prev_metric = metric
+        if saver is not None:
+            saver.save_checkpoint(epoch, metric=metric)
+            write_history_csv(out_dir / "history.csv", history)
+            for cb in callbacks:
+                cb(epoch, dict(row))
+        barrier(ctx)
+
+    best_metric = best_epoch = None
+    best_path: Path | None = None
+    if history:
+        best = max(history, key=lambda r: (r["metric"], -r["epoch"]))
+        best_metric, best_epoch = best["metric"], best["epoch"]
+        best_path = ckpt_dir / BEST if (ckpt_dir / BEST).exists() else None
+    return FitResult(
+        model=model,
+        eval_model=model_ema.module if model_ema is not None else model,
+        history=history,
+        best_metric=best_metric,
+        best_epoch=best_epoch,
+        last_checkpoint=last_path,
+        best_checkpoint=best_path,
+        resumed_from=resumed_from,
+    )

@@ -1,0 +1,185 @@
+"""Retrain a derived genotype from scratch (DARTS' "evaluation" phase) with timm's training parts.
+
+Outputs in ``out_dir``: ``metrics.json`` (final), ``history.csv`` (one row per epoch, incl. the LeRaC group
+rates), ``checkpoints/last.pth.tar`` and ``checkpoints/model_best.pth.tar``, ``config.json``, ``genotype.json``.
+Runs single-process or under ``torchrun`` (DDP; only rank 0 writes files).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+import ilnas.nets  # noqa: F401  (registers ilnas_cifar / ilnas_imagenet in timm)
+from ilnas.data.tasks import build_task
+from ilnas.nets.profile import count_macs, count_params
+from ilnas.space.genotype import DARTS_V2, Genotype, load_genotype
+from ilnas.train.checkpoint import CheckpointError
+from ilnas.train.config import RetrainConfig
+from ilnas.train.distributed import setup_distributed
+from ilnas.train.engine import EpochCallback, eval_loader, evaluate, fit
+from ilnas.utils.device import seed_everything
+from ilnas.utils.io import atomic_write_json, atomic_write_text
+
+__all__ = ["RetrainResult", "retrain", "build_model", "CheckpointError"]
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+@dataclass
+class RetrainResult:
+    """Final metrics (JSON-serialisable) and where the artifacts are."""
+
+    metrics: dict[str, Any]
+    out_dir: Path
+    metrics_json: Path
+    history_csv: Path
+    checkpoint: Path  # best checkpoint when there is one, else last
+    last_checkpoint: Path
+    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    model: nn.Module | None = field(default=None, repr=False)
+
+
+def build_model(name: str, genotype: Genotype | str | os.PathLike | None, num_classes: int, in_chans: int,
+                channels: int, cells: int, auxiliary: bool = False, drop_path_rate: float = 0.0) -> nn.Module:
+    """``timm.create_model`` for ilnas networks (genotype, channels, cells...) or any other timm model."""
+    if name.startswith("ilnas"):
+        return timm.create_model(name, genotype=load_genotype(genotype) if genotype is not None else DARTS_V2,
+                                 num_classes=num_classes, in_chans=in_chans, channels=channels, cells=cells,
+                                 auxiliary=auxiliary, drop_path_rate=drop_path_rate)
+    return timm.create_model(name, num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate or None)
+
+
+class _Augmented(Dataset):
+    """Applies a tensor transform to (image, label) samples of an already-tensorised dataset."""
+
+    def __init__(self, base: Dataset, transform: Any):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i]
+        return self.transform(x.clone()), y
+
+
+def _image_transforms(cfg: RetrainConfig, size: int):
+    """timm's create_transform for 32x32-style natural images (CIFAR: mild random-resized crop + flip)."""
+    from timm.data import create_transform
+
+    train_tf = create_transform(size, is_training=True, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
+                                color_jitter=0.0, auto_augment=cfg.auto_augment, re_prob=cfg.re_prob,
+                                mean=CIFAR_MEAN, std=CIFAR_STD, interpolation="bilinear")
+    eval_tf = create_transform(size, is_training=False, crop_pct=1.0, mean=CIFAR_MEAN, std=CIFAR_STD)
+    return train_tf, eval_tf
+
+
+def build_retrain_data(cfg: RetrainConfig) -> tuple[Dataset, Dataset, Dataset, int, int, int]:
+    """(train, per-epoch eval, test, num_classes, in_channels, image_size) for the configured task.
+
+    The per-epoch evaluation set is the validation split (``val_fraction`` of the training data) used to
+    pick the best checkpoint; with ``val_fraction=0`` it is the test split (as DARTS reports).
+    """
+    task = cfg.task
+    if task.dataset == "digits":
+        if cfg.auto_augment:
+            raise ValueError("auto_augment: digits tasks are pre-normalised 8x8 tensors; auto-augment policies "
+                             "need image datasets (cifar10, cifar100, imagefolder)")
+        data = build_task(task, seed=cfg.seed, val_fraction=cfg.val_fraction)
+        train: Dataset = data.train
+        if cfg.re_prob > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            train = _Augmented(train, RandomErasing(probability=cfg.re_prob, mode="pixel", device="cpu"))
+    else:
+        params = inspect.signature(build_task).parameters
+        if "train_transform" not in params:
+            raise ValueError(f"task {task.name!r}: dataset {task.dataset!r} needs build_task(..., train_transform=, "
+                             "eval_transform=) from ilnas.data.tasks, which this version lacks")
+        size = 32 if task.dataset.startswith("cifar") else 64
+        train_tf, eval_tf = _image_transforms(cfg, size)
+        data = build_task(task, seed=cfg.seed, val_fraction=cfg.val_fraction, train_transform=train_tf,
+                          eval_transform=eval_tf)
+        train = data.train
+    eval_ds = data.val if cfg.val_fraction > 0 and len(data.val) > 0 else data.test  # type: ignore[arg-type]
+    return train, eval_ds, data.test, data.num_classes, data.in_channels, data.image_size
+
+
+def retrain(
+    config: RetrainConfig,
+    genotype: Genotype | str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    resume: bool = True,
+    callbacks: Sequence[EpochCallback] = (),
+) -> RetrainResult:
+    """Train the network of ``genotype`` on ``config.task``; resume from ``out_dir``'s last checkpoint.
+
+    ``callbacks`` are ``cb(epoch, row)`` called on rank 0 after each epoch (the pipeline logs them to MLflow).
+    A corrupt or mismatched checkpoint raises :class:`CheckpointError`; it never restarts silently.
+    """
+    out = Path(out_dir)
+    geno = load_genotype(genotype) if genotype is not None else None
+    ctx = setup_distributed(config.device)
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    try:
+        seed_everything(config.seed, config.deterministic)
+        train_ds, eval_ds, test_ds, num_classes, in_chans, image_size = build_retrain_data(config)
+        model = build_model(config.model, geno, num_classes, in_chans, config.channels, config.cells,
+                            config.auxiliary, config.drop_path_rate)
+        identity = {
+            "kind": "retrain",
+            "config": config.model_dump(mode="json"),
+            "genotype": geno.to_dict() if geno is not None else None,
+        }
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "config.json", config.model_dump_json(indent=2) + "\n")
+            if geno is not None:
+                geno.to_json(out / "genotype.json")
+        fitted = fit(config, model, train_ds, eval_ds, num_classes, out, ctx, resume=resume, callbacks=callbacks,
+                     lerac=config.lerac, identity=identity, desc="retrain")
+        use_amp = config.amp and ctx.device.type == "cuda"
+        test = evaluate(fitted.eval_model, eval_loader(test_ds, config.batch_size, ctx, config.num_workers), ctx,
+                        num_classes, use_amp, desc="test")
+        input_size = (in_chans, image_size, image_size)
+        last = fitted.history[-1] if fitted.history else {}
+        metrics: dict[str, Any] = {
+            "top1": test["top1"],
+            "top5": test["top5"],
+            "topk": test["topk"],
+            "loss": test["loss"],
+            "params": count_params(model),
+            "macs": count_macs(model, input_size),
+            "best_top1": fitted.best_metric,
+            "best_epoch": fitted.best_epoch,
+            "val_top1": last.get("val_top1"),
+            "epochs": len(fitted.history),
+            "train_images_per_s": last.get("train_images_per_s"),
+            "test_images": test["n"],
+            "num_classes": num_classes,
+            "input_size": list(input_size),
+            "model": config.model,
+            "ema": config.ema,
+            "lerac": config.lerac.enabled,
+            "world_size": ctx.world_size,
+        }
+        metrics_json = out / "metrics.json"
+        if ctx.is_main:
+            atomic_write_json(metrics_json, metrics)
+        checkpoint = fitted.best_checkpoint or fitted.last_checkpoint
+        return RetrainResult(metrics=metrics, out_dir=out, metrics_json=metrics_json, history_csv=out / "history.csv",
+                             checkpoint=checkpoint, last_checkpoint=fitted.last_checkpoint, history=fitted.history,
+                             model=fitted.eval_model)
+    finally:
+        torch.use_deterministic_algorithms(prev_det, warn_only=True)
+        ctx.close()
