@@ -115,6 +115,8 @@ class TransferConfig(_TrainCommon):
     lr: float = Field(default=0.05, gt=0)
     image_size: int = Field(default=32, ge=8, description="paper: 224")
     crop_pct: float = Field(default=0.875, gt=0, le=1)
+    train_scale_min: float = Field(default=0.35, gt=0, le=1, description="random-resized-crop scale lower bound")
+    hflip: float = Field(default=0.5, ge=0, le=1)
     in_chans: int = Field(default=3, ge=1)
     channels: int = Field(default=16, ge=2)
     cells: int = Field(default=5, ge=3)

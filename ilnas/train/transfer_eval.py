@@ -1,0 +1,139 @@
+"""Transfer evaluation: the ImageNet-style network of a genotype, trained (or fine-tuned) and evaluated on an
+ImageFolder in ImageNet layout (``train/CLASS/*.jpeg``, ``val/CLASS/*.jpeg``).
+
+Reports top-1, top-k (k = min(5, classes)), parameters, multiply-adds and evaluation images/s. Works on a
+real ImageNet folder given its path; the embedded default is a small ImageFolder of the digits held-out images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.data import create_transform
+from torch import nn
+from torchvision.datasets import ImageFolder
+
+from ilnas.nets.profile import count_macs, count_params
+from ilnas.space.genotype import Genotype, load_genotype
+from ilnas.train.checkpoint import CheckpointError, load_checkpoint_file
+from ilnas.train.config import TransferConfig
+from ilnas.train.distributed import setup_distributed
+from ilnas.train.engine import EpochCallback, eval_loader, evaluate, fit
+from ilnas.train.retraining import build_model
+from ilnas.utils.device import seed_everything
+from ilnas.utils.io import atomic_write_json, atomic_write_text
+
+__all__ = ["TransferResult", "transfer", "imagefolder_datasets"]
+
+
+@dataclass
+class TransferResult:
+    metrics: dict[str, Any]
+    out_dir: Path
+    metrics_json: Path
+    history_csv: Path
+    checkpoint: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    model: nn.Module | None = field(default=None, repr=False)
+
+
+def imagefolder_datasets(root: str | os.PathLike, cfg: TransferConfig) -> tuple[ImageFolder, ImageFolder]:
+    """train / val ImageFolders with timm's transforms (random-resized crop, flip, auto-augment, erasing)."""
+    root = Path(root)
+    splits = []
+    for split in (cfg.train_split, cfg.val_split):
+        if not (root / split).is_dir():
+            raise FileNotFoundError(f"{root / split}: missing; an ImageNet-layout folder needs "
+                                    f"{cfg.train_split}/CLASS/*.jpeg and {cfg.val_split}/CLASS/*.jpeg")
+    train_tf = create_transform(cfg.image_size, is_training=True, scale=(cfg.train_scale_min, 1.0), hflip=cfg.hflip,
+                                auto_augment=cfg.auto_augment, re_prob=cfg.re_prob)
+    eval_tf = create_transform(cfg.image_size, is_training=False, crop_pct=cfg.crop_pct)
+    splits = [ImageFolder(str(root / cfg.train_split), transform=train_tf),
+              ImageFolder(str(root / cfg.val_split), transform=eval_tf)]
+    if splits[0].classes != splits[1].classes:
+        raise ValueError(f"{root}: class folders differ between {cfg.train_split}/ ({len(splits[0].classes)}) "
+                         f"and {cfg.val_split}/ ({len(splits[1].classes)})")
+    return splits[0], splits[1]
+
+
+def _load_matching(model: nn.Module, path: str) -> int:
+    """Fine-tuning start: copy every tensor whose name and shape match (the classifier usually does not)."""
+    state = load_checkpoint_file(path)["state_dict"]
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise CheckpointError(f"{path}: no tensor matches the transfer model (different architecture or size)")
+    model.load_state_dict(matched, strict=False)
+    return len(matched)
+
+
+def transfer(
+    config: TransferConfig,
+    genotype: Genotype | str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
+    callbacks: Sequence[EpochCallback] = (),
+    resume: bool = True,
+) -> TransferResult:
+    """Train ``config.epochs`` epochs on ``data_root/train`` (0: evaluate as is) and evaluate on ``data_root/val``.
+
+    ``data_root`` (the caller's embedded default) is used when ``config.data_root`` is None.
+    """
+    root = config.data_root or data_root
+    if root is None:
+        raise ValueError("data_root: none given (config.data_root is null and no default path was passed)")
+    out = Path(out_dir)
+    geno = load_genotype(genotype) if genotype is not None else None
+    ctx = setup_distributed(config.device)
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    try:
+        seed_everything(config.seed, config.deterministic)
+        train_ds, val_ds = imagefolder_datasets(root, config)
+        num_classes = len(train_ds.classes)
+        model = build_model(config.model, geno, num_classes, config.in_chans, config.channels, config.cells,
+                            config.auxiliary, config.drop_path_rate)
+        loaded = _load_matching(model, config.checkpoint) if config.checkpoint else 0
+        identity = {"kind": "transfer", "config": config.model_dump(mode="json"),
+                    "genotype": geno.to_dict() if geno is not None else None}
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "config.json", config.model_dump_json(indent=2) + "\n")
+        fitted = fit(config, model, train_ds, val_ds, num_classes, out, ctx, resume=resume, callbacks=callbacks,
+                     identity=identity, desc="transfer")
+        use_amp = config.amp and ctx.device.type == "cuda"
+        channels_last = config.channels_last and ctx.device.type == "cuda"
+        val = evaluate(fitted.eval_model, eval_loader(val_ds, config.batch_size, ctx, config.num_workers), ctx,
+                       num_classes, use_amp, channels_last, max_batches=config.eval_batches, desc="transfer val")
+        input_size = (config.in_chans, config.image_size, config.image_size)
+        metrics: dict[str, Any] = {
+            "top1": val["top1"],
+            "top5": val["top5"],
+            "topk": val["topk"],
+            "loss": val["loss"],
+            "params": count_params(model),
+            "macs": count_macs(model, input_size),
+            "eval_images_per_s": val["images_per_s"],
+            "eval_images": val["n"],
+            "num_classes": num_classes,
+            "train_images": len(train_ds),
+            "epochs": len(fitted.history),
+            "best_top1": fitted.best_metric,
+            "input_size": list(input_size),
+            "model": config.model,
+            "fine_tuned_tensors": loaded,
+            "data_root": str(root),
+        }
+        metrics_json = out / "metrics.json"
+        if ctx.is_main:
+            atomic_write_json(metrics_json, metrics)
+        checkpoint = fitted.best_checkpoint or (fitted.last_checkpoint if fitted.last_checkpoint.exists() else None)
+        return TransferResult(metrics=metrics, out_dir=out, metrics_json=metrics_json, history_csv=out / "history.csv",
+                              checkpoint=checkpoint, history=fitted.history, model=fitted.eval_model)
+    finally:
+        torch.use_deterministic_algorithms(prev_det, warn_only=True)
+        ctx.close()
