@@ -1,0 +1,262 @@
+"""MLflow helpers for the pipeline stages and the Prefect flow (never imported by the ML library modules).
+
+Why a wrapper: tracking is best effort. A stage must still write its DVC outputs when MLflow is
+unreachable or misconfigured, so every MLflow call goes through :meth:`StageTracker._safe`, which logs a
+warning naming what failed and carries on.
+
+Run layout: the flow opens one parent run per pipeline run and passes its id to the stages in
+``$ILNAS_MLFLOW_PARENT_RUN_ID``; each stage that runs opens a nested child run. A stage run alone
+(``dvc repro`` without Prefect) opens its own top-level run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("ilnas.tracking")
+
+ENV_PARENT_RUN_ID = "ILNAS_MLFLOW_PARENT_RUN_ID"
+TELEMETRY_OFF = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+def telemetry_off() -> None:
+    """Turn MLflow/DVC/Prefect telemetry off unless the user chose otherwise."""
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+
+
+def tracking_uri(project_dir: str | Path = ".", configured: str | None = None) -> str:
+    """``$MLFLOW_TRACKING_URI`` > ``tracking.uri`` > absolute ``sqlite:///<project>/mlflow.db``.
+
+    Absolute, because a relative sqlite path moves with the working directory (``dvc exp run --temp``).
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if configured:
+        if configured.startswith("sqlite:///") and not configured.startswith("sqlite:////"):
+            rel = configured.removeprefix("sqlite:///")
+            return f"sqlite:///{(Path(project_dir) / rel).resolve()}"
+        return configured
+    return f"sqlite:///{(Path(project_dir) / 'mlflow.db').resolve()}"
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts beside a local sqlite store (absolute); remote servers choose their own."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def get_or_create_experiment(uri: str, name: str) -> str:
+    """Experiment id for ``name`` in the store at ``uri`` (created with an absolute artifact root)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(uri))
+    except Exception:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    """Current commit (``+dirty`` suffix when the tree has changes), or 'unknown' outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params -> ``{"a.b": "value"}``; lists of mappings become JSON strings (MLflow params are text)."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, list | tuple) and any(isinstance(v, Mapping) for v in value):
+            out[name] = json.dumps(value, sort_keys=True)[:6000]
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+def numeric(row: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric, finite-or-not entries of a metrics row (MLflow rejects strings)."""
+    return {k: float(v) for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+class StageTracker:
+    """One MLflow run for one stage; every call is best effort (warning naming the failure, no exception)."""
+
+    def __init__(self, stage: str, *, enabled: bool = True, experiment: str = "ilnas", uri: str | None = None,
+                 project_dir: str | Path = ".", tags: Mapping[str, Any] | None = None):
+        self.stage = stage
+        self.enabled = enabled
+        self.experiment = experiment
+        self.project_dir = Path(project_dir)
+        self.uri = tracking_uri(project_dir, uri)
+        self.tags = {k: str(v) for k, v in (tags or {}).items()}
+        self.parent_run_id = os.environ.get(ENV_PARENT_RUN_ID) or None
+        self.run_id: str | None = None
+        self.failures: list[str] = []
+        self._mlflow: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def __enter__(self) -> StageTracker:
+        if not self.enabled:
+            log.info("tracking disabled (tracking.enabled: false)")
+            return self
+        telemetry_off()
+        self._safe("start run", self._start)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.run_id is None:
+            return
+        status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
+        if exc is not None:
+            self.set_tags({"error": f"{type(exc).__name__}: {exc}"[:4000]})
+        if self.failures:
+            self.set_tags({"tracking_failures": "; ".join(self.failures)[:4000]})
+        self._safe("end run", lambda: self._mlflow.end_run(status=status))
+
+    def _start(self) -> None:
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        experiment_id = None
+        if self.parent_run_id:
+            # a child must live in its parent's experiment for the UI to nest it
+            experiment_id = mlflow.tracking.MlflowClient(self.uri).get_run(self.parent_run_id).info.experiment_id
+        if experiment_id is None:
+            experiment_id = get_or_create_experiment(self.uri, self.experiment)
+        tags = {"stage": self.stage, "git_commit": git_commit(self.project_dir), **self.tags}
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=self.stage, parent_run_id=self.parent_run_id,
+                               tags=tags)
+        self._mlflow = mlflow
+        self.run_id = run.info.run_id
+        log.info("mlflow run %s (%s) in %s%s", self.run_id, self.stage, self.uri,
+                 f", child of {self.parent_run_id}" if self.parent_run_id else "")
+
+    @property
+    def active(self) -> bool:
+        return self.run_id is not None
+
+    def _safe(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run an MLflow call; on failure warn with what failed and why, and keep the stage going."""
+        if not self.enabled or (self.run_id is None and what != "start run"):
+            return None
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - tracking must never fail a stage
+            message = f"mlflow {what} failed ({self.uri}): {type(exc).__name__}: {exc}"
+            log.warning("%s; the stage continues and its outputs are unaffected", message)
+            self.failures.append(message[:500])
+            return None
+
+    # -- logging ---------------------------------------------------------------------------------------------
+    def log_params(self, params: Mapping[str, Any], prefix: str = "") -> None:
+        flat = flatten(params, prefix)
+        self._safe("log params", lambda: self._mlflow.log_params(flat))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        clean = {k: str(v) for k, v in tags.items()}
+        self._safe("set tags", lambda: self._mlflow.set_tags(clean))
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        values = numeric(metrics)
+        if values:
+            self._safe(f"log metrics (step {step})", lambda: self._mlflow.log_metrics(values, step=step))
+
+    def epoch_callback(self, skip: tuple[str, ...] = ("epoch",)) -> Callable[[int, dict[str, Any]], None]:
+        """A ``cb(epoch, row)`` for the library loops: the row's numbers as metrics at ``step=epoch``."""
+
+        def callback(epoch: int, row: dict[str, Any]) -> None:
+            self.log_metrics({k: v for k, v in row.items() if k not in skip}, step=epoch)
+
+        return callback
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if not path.exists():
+            self.failures.append(f"artifact {path} missing")
+            log.warning("mlflow artifact %s does not exist; not logged", path)
+            return
+        fn = self._mlflow.log_artifacts if path.is_dir() else self._mlflow.log_artifact
+        if self.run_id is not None:
+            self._safe(f"log artifact {path}", lambda: fn(str(path), artifact_path))
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        self._safe(f"log {artifact_file}", lambda: self._mlflow.log_dict(data, artifact_file))
+
+    def log_model(self, model: Any, name: str = "model") -> None:
+        """``mlflow.pytorch.log_model`` (pickle format, explicit requirements: no slow inference)."""
+
+        def _log() -> None:
+            import mlflow.pytorch
+            import timm
+            import torch
+
+            mlflow.pytorch.log_model(
+                model, name=name, serialization_format="pickle",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"],
+            )
+
+        self._safe(f"log model {name}", _log)
+
+
+# -- the flow's parent run ---------------------------------------------------------------------------------------
+def start_parent_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, Any] | None = None,
+                     params: Mapping[str, Any] | None = None) -> str:
+    """Open the pipeline's parent run through the client API (no global active run in the flow process)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = get_or_create_experiment(uri, experiment)
+    run = client.create_run(experiment_id, run_name=run_name, tags={k: str(v) for k, v in (tags or {}).items()})
+    if params:
+        from mlflow.entities import Param
+
+        flat = flatten(params)
+        items = [Param(k, v) for k, v in flat.items()]
+        for i in range(0, len(items), 100):
+            client.log_batch(run.info.run_id, params=items[i:i + 100])
+    return run.info.run_id
+
+
+def end_parent_run(uri: str, run_id: str, status: str, tags: Mapping[str, Any] | None = None,
+                   metrics: Mapping[str, Any] | None = None, markdown: str | None = None) -> None:
+    """Close the parent run with the pipeline's outcome, its stage table and headline metrics."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, str(value))
+    for key, value in numeric(metrics or {}).items():
+        client.log_metric(run_id, key, value)
+    if markdown:
+        client.log_text(run_id, markdown, "pipeline_summary.md")
+    client.set_terminated(run_id, status=status)

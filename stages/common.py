@@ -1,0 +1,122 @@
+"""What every stage shares: params loading (validated before compute), paths, metrics files, the tracker."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import math
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ilnas.params import ParamsError, PipelineParams, load_params
+from ilnas.tracking import StageTracker, telemetry_off
+
+log = logging.getLogger("ilnas.stages")
+
+# DVC outs and metrics (dvc.yaml names the same paths)
+PREPARED = Path("data/prepared")
+IMAGEFOLDER = Path("data/imagefolder")
+SEARCH_OUT = Path("models/search")
+SEARCH_WORK = Path("runs/search")  # checkpoints of unfinished searches: outside DVC's outs, never deleted by it
+GENOTYPE = Path("models/genotype.json")
+CELLS = Path("models/cells")
+RETRAIN_OUT = Path("models/retrain")
+TRANSFER_OUT = Path("models/transfer")
+METRICS = Path("metrics")
+
+
+def parse_args(stage: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}", description=f"DVC stage '{stage}'")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    return parser.parse_args(argv)
+
+
+def setup(stage: str, argv: Sequence[str] | None = None) -> PipelineParams:
+    """Logging, telemetry off, and the validated params; a bad file exits 2 before any compute."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {stage} %(levelname)s %(name)s: %(message)s")
+    telemetry_off()
+    args = parse_args(stage, argv)
+    try:
+        return load_params(args.params)
+    except ParamsError as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
+
+
+def tracker(stage: str, params: PipelineParams, tags: Mapping[str, Any] | None = None) -> StageTracker:
+    t = params.tracking
+    return StageTracker(stage, enabled=t.enabled, experiment=t.experiment, uri=t.uri, project_dir=Path.cwd(),
+                        tags=tags)
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf become null (DVC and browsers reject them), paths become strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_metrics(name: str, metrics: Mapping[str, Any]) -> Path:
+    """``metrics/<name>.json`` (a DVC metrics file, ``cache: false``)."""
+    METRICS.mkdir(parents=True, exist_ok=True)
+    path = METRICS / f"{name}.json"
+    path.write_text(json.dumps(clean(dict(metrics)), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def write_rows_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Per-epoch rows as CSV (DVC plots); columns in first-seen order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys: list[str] = []
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows([clean(dict(r)) for r in rows])
+    return path
+
+
+def config_hash(data: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def fresh_dir(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def viz() -> Any | None:
+    """``ilnas.viz`` when it imports (figures are extras: their absence must not fail a stage)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import ilnas.viz as module
+
+        return module
+    except Exception as exc:  # noqa: BLE001
+        log.warning("figures skipped: ilnas.viz unavailable (%s: %s)", type(exc).__name__, exc)
+        return None
+
+
+def figure(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Draw one figure; a plotting failure is a warning naming the figure, never a stage failure."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("figure %s failed: %s: %s", what, type(exc).__name__, exc)
+        return None

@@ -1,0 +1,56 @@
+"""DVC stage 'derive': searched alphas -> models/genotype.json and a picture of each cell (models/cells/).
+
+DARTS rule (ilnas.search.derive_genotype_from_file): per intermediate node, the two strongest incoming
+edges by their best non-``none`` op weight. ``derive.source: DARTS_V2`` swaps in the published DARTS
+genotype as a baseline without touching the search.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+
+from stages.common import CELLS, GENOTYPE, SEARCH_OUT, figure, fresh_dir, setup, tracker, viz, write_metrics
+
+log = logging.getLogger("ilnas.stages.derive")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    params = setup("derive", argv)
+    from ilnas.space import genotype as genotypes
+
+    source = params.derive.source
+    with tracker("derive", params, {"genotype_source": source, "strategy": params.search.strategy,
+                                    "hypergrad": params.search.hypergrad}) as trk:
+        trk.log_params(params.derive.model_dump(mode="json"), prefix="derive.")
+        if source == "search":
+            from ilnas.search import derive_genotype_from_file
+
+            genotype = derive_genotype_from_file(SEARCH_OUT / "alphas.pt")
+        else:
+            genotype = getattr(genotypes, source)
+        GENOTYPE.parent.mkdir(parents=True, exist_ok=True)
+        genotype.to_json(GENOTYPE)
+        cells = fresh_dir(CELLS)
+        v = viz()
+        pictures = figure("cells", v.plot_genotype, genotype, cells) if v is not None else None
+        if not pictures:
+            (cells / "README.txt").write_text("cell pictures unavailable; see the stage log\n")
+        metrics: dict[str, object] = {"source": source}
+        for cell in ("normal", "reduce"):
+            ops = Counter(op for op, _ in getattr(genotype, cell))
+            metrics[f"{cell}_edges"] = sum(ops.values())
+            metrics[f"{cell}_parametric_edges"] = sum(n for op, n in ops.items() if op not in
+                                                      ("skip_connect", "max_pool_3x3", "avg_pool_3x3"))
+            for op, n in sorted(ops.items()):
+                metrics[f"{cell}_ops/{op}"] = n
+        write_metrics("derive", metrics)
+        trk.log_metrics(metrics)
+        trk.log_artifact(GENOTYPE)
+        trk.log_artifact(cells, "cells")
+    log.info("genotype: %s", genotype)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""DVC stage 'search': interleaved architecture search -> models/search/ (alphas, history, checkpoint).
+
+Resumable: the search runs in ``runs/search/<config hash>/``, a directory DVC does not own, because DVC
+deletes a stage's outs before running it (that would throw away an interrupted search's checkpoint).
+Rerunning after an interruption resumes from there; a different search config gets a different directory.
+When the search finishes, its files are copied into the DVC out ``models/search/`` and the work dir goes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from stages.common import (
+    METRICS,
+    SEARCH_OUT,
+    SEARCH_WORK,
+    config_hash,
+    figure,
+    fresh_dir,
+    setup,
+    tracker,
+    viz,
+    write_metrics,
+    write_rows_csv,
+)
+
+log = logging.getLogger("ilnas.stages.search")
+
+FILES = ("alphas.pt", "alpha_history.json", "history.csv", "metrics.json", "genotype.json", "checkpoint.pt")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    params = setup("search", argv)
+    from ilnas.search import run_search
+
+    cfg = params.search
+    work = SEARCH_WORK / config_hash(cfg.model_dump(mode="json"))
+    datasets = sorted({t.dataset for t in cfg.tasks})
+    tags = {"strategy": cfg.strategy, "dataset": ",".join(datasets), "hypergrad": cfg.hypergrad,
+            "tasks": ",".join(t.name for t in cfg.tasks)}
+    with tracker("search", params, tags) as trk:
+        trk.log_params(cfg.model_dump(mode="json"), prefix="search.")
+        logged: set[int] = set()
+
+        def on_epoch(epoch: int, row: dict) -> None:
+            logged.add(epoch)
+            trk.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+
+        if (work / "checkpoint.pt").exists():
+            log.info("resuming the search from %s", work / "checkpoint.pt")
+            trk.set_tags({"resumed": "true"})
+        result = run_search(cfg, work, resume=True, progress=False, callbacks=[on_epoch])
+        for row in result.history:  # epochs finished before a resumption
+            if int(row["epoch"]) not in logged:
+                trk.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+        out = fresh_dir(SEARCH_OUT)
+        for name in FILES:
+            src = work / name
+            if src.exists():
+                shutil.copy2(src, out / name)
+        write_metrics("search", result.metrics)
+        write_rows_csv(METRICS / "search_history.csv", result.history)
+        trk.log_metrics({f"final/{k}": v for k, v in result.metrics.items()})
+
+        v = viz()
+        figures = out / "figures"
+        if v is not None:
+            figures.mkdir(exist_ok=True)
+            figure("alpha heatmap", v.plot_alpha_history, result.alpha_rows, figures / "alpha_history.png")
+            loss_keys = [k for k in result.history[0] if k.startswith(("train_loss/", "val_loss/"))] \
+                if result.history else []
+            acc_keys = [k for k in result.history[0] if k.startswith(("train_acc/", "val_acc/"))] \
+                if result.history else []
+            figure("loss curves", v.plot_curves, result.history, loss_keys, figures / "loss.png")
+            figure("accuracy curves", v.plot_curves, result.history, acc_keys, figures / "accuracy.png")
+            figure("searched cells", v.plot_genotype, result.genotype, figures)
+        for name in ("genotype.json", "alpha_history.json", "history.csv", "metrics.json"):
+            trk.log_artifact(out / name)
+        if figures.exists():
+            trk.log_artifact(figures, "figures")
+        if params.tracking.log_checkpoints:
+            trk.log_artifact(out / "alphas.pt")
+            trk.log_artifact(out / "checkpoint.pt", "checkpoint")
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("search done: %s (genotype %s)", Path(SEARCH_OUT), result.genotype)
+
+
+if __name__ == "__main__":
+    main()
