@@ -57,7 +57,8 @@ def test_bad_params_fail_before_any_stage(tmp_path: Path, prefect_harness: None,
     from ilnas.params import ParamsError
 
     params = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
-    toy = {"dvc.yaml": "stages:\n  only:\n    cmd: python -c \"open('ran.txt', 'w').write('1')\"\n", "params.yaml": params}
+    dvc_yaml = "stages:\n  only:\n    cmd: python -c \"open('ran.txt', 'w').write('1')\"\n"
+    toy = {"dvc.yaml": dvc_yaml, "params.yaml": params}
     project = init_repo(tmp_path / "toy", toy, copy_project=False)
     with pytest.raises(ParamsError) as info:
         pipeline(project_dir=str(project), overrides=[override], track=False)
