@@ -361,6 +361,7 @@ def fit(
             row.update(val_loss_ema=val_ema["loss"], val_top1_ema=val_ema["top1"], val_top5_ema=val_ema["top5"])
             metric = val_ema["top1"]
         row["metric"] = metric
+        row["train_steps"] = steps  # per rank: a DistributedSampler shard is 1/world of the data
         row["epoch_time_s"] = time.perf_counter() - t0
         row["train_images_per_s"] = n_seen / train_time if train_time > 0 else float("inf")
         history.append(row)
