@@ -104,6 +104,32 @@ def stage_order(dvc_yaml: str | Path) -> list[str]:
     return order
 
 
+def missing_params(dvc_yaml: str | Path, data: dict[str, Any], params_defaults: dict[str, Any]) -> list[str]:
+    """dvc.yaml params (``params.yaml`` ones) absent from ``data``: DVC refuses to run such a stage."""
+    problems = []
+    for name, spec in read_stages(dvc_yaml).items():
+        for entry in spec.get("params") or []:
+            if isinstance(entry, dict):  # {other_file.yaml: [keys]}: not ours to check
+                continue
+            node: Any = data
+            default: Any = params_defaults
+            for part in str(entry).split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+                default = default.get(part) if isinstance(default, dict) else None
+            if node is None and not _present(data, str(entry)):
+                problems.append(f"{entry} (stage {name}; schema default: {json.dumps(default)})")
+    return problems
+
+
+def _present(data: dict[str, Any], key: str) -> bool:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def stage_metrics_files(dvc_yaml: str | Path) -> dict[str, list[str]]:
     return {name: _paths(spec.get("metrics")) for name, spec in read_stages(dvc_yaml).items()}
 
@@ -245,6 +271,10 @@ def pipeline(project_dir: str = ".", overrides: list[str] | None = None, preset:
     data = apply_overrides(read_params_file(preset_path or params_path), overrides)
     params = validate_params(data, source=str(preset_path or params_path) + (f" with {overrides}" if overrides else ""))
     order = stage_order(project / "dvc.yaml")
+    missing = missing_params(project / "dvc.yaml", data, params.model_dump(mode="json"))
+    if missing:
+        raise ParamsError(f"{preset_path or params_path}: keys that dvc.yaml lists as stage params must be written "
+                          f"out explicitly (DVC refuses missing ones): {missing}")
     if stages:
         unknown = sorted(set(stages) - set(order))
         if unknown:
@@ -311,7 +341,8 @@ def pipeline(project_dir: str = ".", overrides: list[str] | None = None, preset:
             except Exception as exc:  # noqa: BLE001
                 logger.warning("MLflow parent run not closed cleanly: %s", exc)
     logger.info("\n%s", md)
-    return {"stages": rows, "parent_run_id": parent, "tracking_uri": uri, "project": str(project)}
+    return {"stages": rows, "parent_run_id": parent, "tracking_uri": uri, "project": str(project),
+            "flow_run_id": flow_run_id}
 
 
 def _headline(project: Path, metrics_files: dict[str, list[str]]) -> dict[str, float]:

@@ -58,6 +58,7 @@ search:
   epochs: 1
   iterations_per_epoch: 1
   batch_size: 32
+  val_fraction: 0.5
   channels: 4
   cells: 3
 derive: {source: search}
