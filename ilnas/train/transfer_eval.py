@@ -45,7 +45,6 @@ class TransferResult:
 def imagefolder_datasets(root: str | os.PathLike, cfg: TransferConfig) -> tuple[ImageFolder, ImageFolder]:
     """train / val ImageFolders with timm's transforms (random-resized crop, flip, auto-augment, erasing)."""
     root = Path(root)
-    splits = []
     for split in (cfg.train_split, cfg.val_split):
         if not (root / split).is_dir():
             raise FileNotFoundError(f"{root / split}: missing; an ImageNet-layout folder needs "
