@@ -200,14 +200,15 @@ class StageTracker:
         return callback
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.run_id is None:
+            return
         path = Path(path)
         if not path.exists():
             self.failures.append(f"artifact {path} missing")
             log.warning("mlflow artifact %s does not exist; not logged", path)
             return
         fn = self._mlflow.log_artifacts if path.is_dir() else self._mlflow.log_artifact
-        if self.run_id is not None:
-            self._safe(f"log artifact {path}", lambda: fn(str(path), artifact_path))
+        self._safe(f"log artifact {path}", lambda: fn(str(path), artifact_path))
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
         self._safe(f"log {artifact_file}", lambda: self._mlflow.log_dict(data, artifact_file))
