@@ -111,7 +111,8 @@ class TransferConfig(_TrainCommon):
     )
     train_split: str = "train"
     val_split: str = "val"
-    epochs: int = Field(default=6, ge=0)
+    epochs: int = Field(default=10, ge=0)
+    batch_size: int = Field(default=32, ge=2)
     lr: float = Field(default=0.05, gt=0)
     image_size: int = Field(default=32, ge=8, description="paper: 224")
     crop_pct: float = Field(default=0.875, gt=0, le=1)
