@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# ARGS: flow options, e.g. make run ARGS="-S search.hypergrad=first_order" or ARGS="--preset configs/cifar.yaml"
+ARGS ?=
 run: $(STAMP)
-	$(BIN)/python -m flows.pipeline
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flows.pipeline $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check ilnas stages flows tests bench

@@ -64,6 +64,16 @@ class DeriveConfig(BaseModel):
     plot: bool = True
 
 
+class DistributedConfig(BaseModel):
+    """torchrun scale-out of the retrain stage (DDP; gloo on CPU, nccl on GPU). 1 x 1: a plain process."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nproc_per_node: int = Field(default=1, ge=1, description="processes (GPUs) per node")
+    nnodes: int = Field(default=1, ge=1)
+    rdzv_endpoint: str | None = Field(default=None, description="host:port of the rendezvous for nnodes > 1")
+
+
 class PipelineParams(BaseModel):
     """Everything ``params.yaml`` may hold; unknown keys are errors."""
 
@@ -76,6 +86,7 @@ class PipelineParams(BaseModel):
     search: SearchConfig = Field(default_factory=SearchConfig)
     derive: DeriveConfig = Field(default_factory=DeriveConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
 
     @model_validator(mode="before")

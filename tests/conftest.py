@@ -63,6 +63,7 @@ search:
   cells: 3
 derive: {source: search}
 retrain: {task: {name: digits, dataset: digits}, epochs: 1, batch_size: 64, channels: 4, cells: 3}
+distributed: {nproc_per_node: 1, nnodes: 1}
 transfer: {epochs: 1, batch_size: 32, image_size: 16, channels: 4, cells: 3, eval_batches: 2}
 """
 
