@@ -36,6 +36,7 @@ class SearchConfig(BaseModel):
     lam: float = Field(default=0.0, ge=0)
     val_on: Literal["final", "own"] = "final"
     hypergrad: Literal["first_order", "finite_difference", "exact"] = "finite_difference"
+    fd_eps: float = Field(default=0.01, gt=0, description="central-difference step, divided by the adjoint norm")
 
     epochs: int = Field(default=10, ge=1)
     iterations_per_epoch: int | None = Field(default=None, ge=1)

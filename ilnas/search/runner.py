@@ -112,12 +112,13 @@ def _genotype_line(genotype: Genotype) -> str:
 class SearchRun:
     """Builds everything a search needs once, then runs (or resumes) it epoch by epoch."""
 
-    def __init__(self, config: SearchConfig, out_dir: str | os.PathLike):
+    def __init__(self, config: SearchConfig, out_dir: str | os.PathLike, tasks: list[TaskData] | None = None):
+        """``tasks`` overrides ``config.tasks`` with ready-made views (benchmarks, synthetic data)."""
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = resolve_device(config.device)
         seed_everything(config.seed, config.deterministic)
-        self.tasks = _build_tasks(config)
+        self.tasks = tasks if tasks is not None else _build_tasks(config)
         first = self.tasks[0]
         self.model = Supernet([t.num_classes for t in self.tasks], first.in_channels, config.channels, config.cells,
                               config.nodes, config.node_multiplier, config.stem_multiplier,

@@ -30,7 +30,7 @@ class InterleavingLearning(SearchStrategy):
             params = dict(ctx.model.named_parameters())
             try:
                 result = hypergradient(ctx.config.hypergrad, problem, params, stages, val,
-                                       ctx.inner_hparams(), ctx.config.val_on)
+                                       ctx.inner_hparams(), ctx.config.val_on, ctx.config.fd_eps)
             except FloatingPointError as exc:
                 raise SearchDivergedError(f"{exc} at iteration {iteration} (tasks {ctx.task_names})") from exc
             apply_hypergradient(ctx.a_optimizer, self.hyper_parameters(), result.grads)
