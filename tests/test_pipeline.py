@@ -116,3 +116,44 @@ def test_dvc_exp_run_with_set_param(project: Path) -> None:
     show = subprocess.run([str(Path(sys.executable).parent / "dvc"), "exp", "show", "--json"], cwd=project,
                           env=env, capture_output=True, text=True, timeout=120)
     assert show.returncode == 0 and "finite_difference" in show.stdout
+
+
+def test_interrupted_search_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from ilnas.params import load_params
+    from ilnas.search.runner import SearchRun
+    from stages.common import SEARCH_WORK, config_hash
+
+    project = init_repo(tmp_path / "project")
+    text = (project / "params.yaml").read_text().replace("  epochs: 1\n  iterations_per_epoch", "  epochs: 2\n"
+                                                         "  iterations_per_epoch")
+    (project / "params.yaml").write_text(text)
+    cfg = load_params(project / "params.yaml").search
+    assert cfg.epochs == 2
+    work = project / SEARCH_WORK / config_hash(cfg.model_dump(mode="json"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # what a search killed after its first epoch leaves behind
+        with pytest.raises(KeyboardInterrupt):
+            SearchRun(cfg, work).run(progress=False, stop_after_epoch=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert (work / "checkpoint.pt").exists()
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro", "search"], cwd=project, env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "resuming the search from" in out.stdout + out.stderr
+    assert "resumed from" in out.stdout + out.stderr and "at epoch 1" in out.stdout + out.stderr
+    assert not work.exists()  # finished: copied into models/search and cleaned up
+    import json
+
+    assert json.loads((project / "metrics/search.json").read_text())["epochs"] == 2
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string="tags.stage = 'search'")
+    assert len(runs) == 1 and runs[0].data.tags.get("resumed") == "true"
+    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss_sum")) == [0, 1]
