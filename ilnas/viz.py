@@ -1,0 +1,254 @@
+"""Pictures of a search: cells, alpha history, curves, class weights (matplotlib only, Agg, atomic PNGs).
+
+Every function writes one PNG through a temp file + rename (a reader or DVC never sees half a
+picture) and returns its path. Graphviz is not needed: cells are laid out by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import FancyArrowPatch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from ilnas.space.genotype import Genotype, load_genotype  # noqa: E402
+from ilnas.space.ops import PRIMITIVES  # noqa: E402
+from ilnas.utils.io import atomic_write  # noqa: E402
+
+CELLS = ("normal", "reduce")
+OP_COLORS = {op: plt.get_cmap("tab10")(i) for i, op in enumerate(PRIMITIVES)}
+
+
+def _save(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    try:
+        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
+def _state_name(j: int) -> str:
+    return {0: "c_{k-2}", 1: "c_{k-1}"}.get(j, str(j - 2))
+
+
+# ------------------------------------------------------------------------------------------ cells
+
+
+def plot_cell(genotype: Genotype | str | os.PathLike, cell: str, path: str | os.PathLike) -> Path:
+    """Draw one cell as a DAG: inputs c_{k-2}, c_{k-1} -> nodes 0..n-1 -> c_{k}, edges labelled with ops."""
+    if cell not in CELLS:
+        raise ValueError(f"cell: got {cell!r}; allowed: {list(CELLS)}")
+    g = load_genotype(genotype)
+    edges, concat = getattr(g, cell), getattr(g, f"{cell}_concat")
+    steps = len(edges) // 2
+    # every state on one ellipse, in topological order (c_{k-1}, c_{k-2}, 0..n-1, c_{k}): points in convex
+    # position, so an edge (a chord) never runs through a node it does not touch
+    order = [1, 0, *range(2, steps + 2), -1]
+    rx, ry = 0.9 * (steps + 2), 1.5
+    pos: dict[int, tuple[float, float]] = {}
+    for m, state in enumerate(order):
+        t = math.radians(215.0 - m * 250.0 / (len(order) - 1))
+        pos[state] = (rx * math.cos(t), ry * math.sin(t))
+    out = pos.pop(-1)
+    fig, ax = plt.subplots(figsize=(2.0 + 1.5 * steps, 4.6))
+    ax.set_axis_off()
+    ax.set_title(f"{cell} cell")
+
+    def node(xy: tuple[float, float], text: str, color: str) -> None:
+        ax.text(*xy, text, ha="center", va="center", fontsize=10, zorder=3,
+                bbox={"boxstyle": "round,pad=0.35", "fc": color, "ec": "black"})
+
+    def arrow(a: tuple[float, float], b: tuple[float, float], rad: float, **kw: Any) -> None:
+        ax.add_patch(FancyArrowPatch(a, b, connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>", mutation_scale=12,
+                                     shrinkA=16, shrinkB=16, zorder=1, **kw))
+
+    for k, (op, j) in enumerate(edges):
+        a, b = pos[j], pos[k // 2 + 2]
+        rad = 0.12
+        color = OP_COLORS.get(op, "black")
+        arrow(a, b, rad, color=color, lw=1.6)
+        # the label sits on the arc's midpoint (quadratic Bezier through matplotlib's arc3 control point)
+        (x1, y1), (x2, y2) = a, b
+        cx, cy = (x1 + x2) / 2 + rad * (y2 - y1), (y1 + y2) / 2 - rad * (x2 - x1)
+        mx, my = 0.25 * x1 + 0.5 * cx + 0.25 * x2, 0.25 * y1 + 0.5 * cy + 0.25 * y2
+        ax.text(mx, my, op, ha="center", va="center", fontsize=7, color=color, zorder=2,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+    for j in concat:
+        arrow(pos[j], out, -0.12, color="grey", lw=1.0, linestyle="--")
+    for j, xy in pos.items():
+        node(xy, _state_name(j), "lightblue" if j >= 2 else "palegreen")
+    node(out, "c_{k}", "khaki")
+    xs = [p[0] for p in pos.values()] + [out[0]]
+    ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
+    ax.set_ylim(-ry - 0.5, ry + 0.5)
+    return _save(fig, path)
+
+
+def plot_genotype(genotype: Genotype | str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """``<out_dir>/normal.png`` and ``<out_dir>/reduce.png``."""
+    g = load_genotype(genotype)
+    return [plot_cell(g, cell, Path(out_dir) / f"{cell}.png") for cell in CELLS]
+
+
+# ------------------------------------------------------------------------------------------ alpha history
+
+
+def _edge_labels(n_edges: int) -> list[str]:
+    labels, node = [], 0
+    while len(labels) < n_edges:
+        labels += [f"{_state_name(j)}->{node}" for j in range(node + 2)]
+        node += 1
+    return labels[:n_edges]
+
+
+def plot_alpha_history(history: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                       primitives: Sequence[str] = PRIMITIVES) -> Path:
+    """Per cell: the last epoch's softmaxed alphas as an edges x ops heatmap, and for every edge the
+    weight of its strongest non-``none`` op over epochs (what derivation ranks edges by).
+
+    ``history`` rows are ``{"epoch", "normal": [[op weights] per edge], "reduce": ...}``, optionally with
+    PC-DARTS edge weights ``edge_normal`` / ``edge_reduce`` (multiplied in, as derivation does).
+    """
+    rows = [r for r in history if any(c in r for c in CELLS)]
+    if not rows:
+        raise ValueError("plot_alpha_history: no rows with 'normal' / 'reduce' alphas")
+    cells = [c for c in CELLS if c in rows[-1]]
+    epochs = [int(r.get("epoch", i)) for i, r in enumerate(rows)]
+    fig, axes = plt.subplots(len(cells), 2, figsize=(13, 4.2 * len(cells)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1.3]})
+    for row, cell in enumerate(cells):
+        w = np.array([r[cell] for r in rows], dtype=float)  # epochs x edges x ops
+        if f"edge_{cell}" in rows[-1]:
+            w = w * np.array([r[f"edge_{cell}"] for r in rows], dtype=float)[..., None]
+        n_edges, n_ops = w.shape[1], w.shape[2]
+        ops = list(primitives)[:n_ops] if len(primitives) >= n_ops else [str(i) for i in range(n_ops)]
+        labels = _edge_labels(n_edges)
+        ax = axes[row][0]
+        im = ax.imshow(w[-1], aspect="auto", cmap="viridis", vmin=0.0)
+        ax.set_xticks(range(n_ops), ops, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(n_edges), labels, fontsize=8)
+        ax.set_title(f"{cell}: op weights, epoch {epochs[-1]}")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        if n_edges * n_ops <= 160:
+            for e in range(n_edges):
+                for o in range(n_ops):
+                    ax.text(o, e, f"{w[-1, e, o]:.2f}", ha="center", va="center", fontsize=6, color="white")
+        ax = axes[row][1]
+        keep = [i for i, op in enumerate(ops) if op != "none"] or list(range(n_ops))
+        strongest = w[:, :, keep].max(axis=2)  # epochs x edges
+        cmap = plt.get_cmap("tab20")
+        for e in range(n_edges):
+            ax.plot(epochs, strongest[:, e], marker="o", markersize=3, color=cmap(e % 20), label=labels[e])
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("strongest non-none op weight")
+        ax.set_title(f"{cell}: edge strength over epochs")
+        ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------ curves
+
+
+def _number(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def plot_curves(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None, path: str | os.PathLike,
+                x: str = "epoch") -> Path:
+    """Per-epoch line curves of ``keys`` from CSV-like rows (values may be strings; blanks are skipped).
+
+    Keys sharing a prefix before ``/`` (``val_loss/task_a``, ``val_loss/task_b``) share a panel; with
+    no keys every numeric column but ``x`` is drawn.
+    """
+    if not rows:
+        raise ValueError("plot_curves: no rows")
+    if not keys:
+        keys = [k for k in rows[0] if k != x and _number(rows[0][k]) is not None]
+    if not keys:
+        raise ValueError(f"plot_curves: no numeric columns besides {x!r}")
+    groups: dict[str, list[str]] = {}
+    for k in keys:
+        groups.setdefault(k.split("/", 1)[0], []).append(k)
+    n = len(groups)
+    cols = min(n, 3)
+    nrows = -(-n // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.6 * nrows), squeeze=False)
+    for ax, (title, group) in zip(axes.flat, groups.items()):
+        for k in group:
+            pts = [(_number(r.get(x, i)), _number(r.get(k))) for i, r in enumerate(rows)]
+            pts = [(a, b) for a, b in pts if a is not None and b is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o", markersize=3, label=k)
+        ax.set_title(title)
+        ax.set_xlabel(x)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------ class weights
+
+
+def _class_weight_tables(history: Any) -> tuple[list[int] | None, dict[str, np.ndarray]]:
+    """Normalise the accepted shapes to (epochs, {name: epochs x classes})."""
+    if isinstance(history, Mapping):
+        return None, {str(k): np.atleast_2d(np.asarray(v, dtype=float)) for k, v in history.items()}
+    if isinstance(history, np.ndarray) or (history and not isinstance(history[0], Mapping)):
+        return None, {"class weights": np.atleast_2d(np.asarray(history, dtype=float))}
+    rows = [r for r in history if "class_weights" in r]
+    if not rows:
+        raise ValueError("plot_class_weights: no rows with 'class_weights'")
+    epochs = [int(r.get("epoch", i)) for i, r in enumerate(rows)]
+    first = rows[0]["class_weights"]
+    if isinstance(first, Mapping):
+        return epochs, {str(k): np.asarray([r["class_weights"][k] for r in rows], dtype=float) for k in first}
+    return epochs, {"class weights": np.asarray([r["class_weights"] for r in rows], dtype=float)}
+
+
+def plot_class_weights(history: Any, path: str | os.PathLike,
+                       class_names: Mapping[str, Sequence[str]] | Sequence[str] | None = None) -> Path:
+    """Heatmap(s) epochs x classes of class weights (LFM-CW): which classes the search leans on, when.
+
+    ``history``: rows ``{"epoch", "class_weights": {task: [w per class]} | [w per class]}``, a mapping
+    ``{name: epochs x classes}``, or one epochs x classes array.
+    """
+    epochs, tables = _class_weight_tables(history)
+    if not tables:
+        raise ValueError("plot_class_weights: nothing to draw")
+    fig, axes = plt.subplots(len(tables), 1, figsize=(8, 0.6 + 2.6 * len(tables)), squeeze=False)
+    for ax, (name, table) in zip(axes[:, 0], tables.items()):
+        im = ax.imshow(table, aspect="auto", cmap="magma", interpolation="nearest")
+        n_ep, n_cls = table.shape
+        names = class_names.get(name) if isinstance(class_names, Mapping) else class_names
+        ax.set_xticks(range(n_cls), list(names) if names is not None and len(names) == n_cls else range(n_cls),
+                      fontsize=7, rotation=90 if n_cls > 20 else 0)
+        ep = epochs if epochs is not None else list(range(n_ep))
+        step = max(1, n_ep // 12)
+        ax.set_yticks(range(0, n_ep, step), [ep[i] for i in range(0, n_ep, step)], fontsize=7)
+        ax.set_xlabel("class")
+        ax.set_ylabel("epoch")
+        ax.set_title(name)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return _save(fig, path)
