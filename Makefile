@@ -23,7 +23,9 @@ install: $(STAMP)
 # ARGS: flow options, e.g. make run ARGS="-S search.hypergrad=first_order" or ARGS="--preset configs/cifar.yaml"
 ARGS ?=
 run: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flows.pipeline $(ARGS)
+	@start=$$(date +%s); \
+	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m flows.pipeline $(ARGS); \
+	rc=$$?; echo "make run: $$(( $$(date +%s) - start )) s wall"; exit $$rc
 
 test: $(STAMP)
 	$(BIN)/ruff check ilnas stages flows tests bench

@@ -143,8 +143,9 @@ def test_interrupted_search_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     assert (work / "checkpoint.pt").exists()
 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    out = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro", "search"], cwd=project, env=env,
-                         capture_output=True, text=True, timeout=400)
+    # the same command `dvc repro` runs for the stage (the stage scripts also work alone)
+    out = subprocess.run([sys.executable, "-m", "stages.search"], cwd=project, env=env, capture_output=True,
+                         text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "resuming the search from" in out.stdout + out.stderr
     assert "resumed from" in out.stdout + out.stderr and "at epoch 1" in out.stdout + out.stderr
