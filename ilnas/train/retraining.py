@@ -149,8 +149,9 @@ def retrain(
         fitted = fit(config, model, train_ds, eval_ds, num_classes, out, ctx, resume=resume, callbacks=callbacks,
                      lerac=config.lerac, identity=identity, desc="retrain")
         use_amp = config.amp and ctx.device.type == "cuda"
+        channels_last = config.channels_last and ctx.device.type == "cuda"
         test = evaluate(fitted.eval_model, eval_loader(test_ds, config.batch_size, ctx, config.num_workers), ctx,
-                        num_classes, use_amp, desc="test")
+                        num_classes, use_amp, channels_last, desc="test")
         input_size = (in_chans, image_size, image_size)
         last = fitted.history[-1] if fitted.history else {}
         metrics: dict[str, Any] = {
