@@ -104,3 +104,20 @@ def test_config_errors_name_the_key():
         RetrainConfig(lerac={"min_ratio": 0})
     with pytest.raises(ValidationError, match="unknown_key"):
         RetrainConfig(unknown_key=1)
+
+
+def test_retrain_on_an_imagefolder_task_uses_timm_transforms(tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", 8), ("val", 3)):
+        for c in range(2):
+            d = tmp_path / "data" / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (24, 24), (200 * c, 50, 20 * i)).save(d / f"{i}.png")
+    task = TaskConfig(name="if2", dataset="imagefolder", root=str(tmp_path / "data"))
+    result = retrain(tiny(epochs=1, task=task, batch_size=4, re_prob=0.5, auto_augment="rand-m9-mstd0.5"),
+                     DARTS_V2, tmp_path / "out")
+    m = result.metrics
+    assert m["num_classes"] == 2 and m["input_size"] == [3, 32, 32] and m["test_images"] == 6
+    assert m["topk"] == 2 and m["top5"] == 1.0

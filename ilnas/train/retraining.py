@@ -106,7 +106,7 @@ def build_retrain_data(cfg: RetrainConfig) -> tuple[Dataset, Dataset, Dataset, i
         if "train_transform" not in params:
             raise ValueError(f"task {task.name!r}: dataset {task.dataset!r} needs build_task(..., train_transform=, "
                              "eval_transform=) from ilnas.data.tasks, which this version lacks")
-        size = 32 if task.dataset.startswith("cifar") else 64
+        size = 32  # CIFAR; ImageFolder images are resized to the same 32x32 (build_task's default)
         train_tf, eval_tf = _image_transforms(cfg, size)
         data = build_task(task, seed=cfg.seed, val_fraction=cfg.val_fraction, train_transform=train_tf,
                           eval_transform=eval_tf)
