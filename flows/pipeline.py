@@ -238,9 +238,14 @@ def run_stage(stage: str, project_dir: str, timeout_s: float | None = None, forc
     if rc != 0:
         tail = "\n".join(lines[-15:])
         raise StageFailed(f"stage {stage!r} failed with exit code {rc} (attempt {attempt}):\n{tail}")
-    ran = f"Running stage '{stage}'" in output
-    skipped = "didn't change, skipping" in output
-    status = "ran" if ran else ("skipped" if skipped else "up to date")
+    if f"Running stage '{stage}'" in output:
+        status = "ran"
+    elif "is cached - skipping run" in output:
+        status = "restored"  # DVC's run cache had outputs for exactly these deps and params
+    elif "didn't change, skipping" in output:
+        status = "skipped"
+    else:
+        status = "up to date"
     logger.info("stage %s %s in %.1f s", stage, status, duration)
     return {"stage": stage, "status": status, "duration_s": round(duration, 1), "attempts": attempt}
 
