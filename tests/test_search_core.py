@@ -221,3 +221,4 @@ def test_cli_search_writes_genotype_and_rejects_bad_values(tmp_path):
     ok = runner.invoke(app, ["search", "--out", str(tmp_path)] + [a for s in sets for a in ("--set", s)])
     assert ok.exit_code == 0, ok.output
     assert Genotype.from_json(tmp_path / "genotype.json").steps == 2
+    assert {p.name for p in (tmp_path / "figures").iterdir()} >= {"normal.png", "reduce.png", "alpha_history.png"}

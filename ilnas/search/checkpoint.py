@@ -23,17 +23,26 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return atomic_torch_save(path, {"checkpoint_version": CHECKPOINT_VERSION, **state})
 
 
-def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[str, Any]:
+def load_state_file(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a dict; every failure becomes a CheckpointError naming the file."""
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: checkpoint not found") from None
+        raise CheckpointError(f"{path}: file not found") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict) or state.get("checkpoint_version") != CHECKPOINT_VERSION:
-        found = state.get("checkpoint_version") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path}: not an ilnas search checkpoint (checkpoint_version={found!r}, "
+        raise CheckpointError(f"{path}: corrupt or unreadable ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
+    return state
+
+
+def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = Path(path)
+    state = load_state_file(path)
+    if state.get("checkpoint_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: not an ilnas search checkpoint "
+                              f"(checkpoint_version={state.get('checkpoint_version')!r}, "
                               f"expected {CHECKPOINT_VERSION})")
     missing = [k for k in required if k not in state]
     if missing:

@@ -52,5 +52,11 @@ def search_command(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = load_search_config(config, set_)
     result = run_search(cfg, out, resume=resume)
+    from ilnas import viz
+
+    figures = out / "figures"
+    pictures = viz.plot_genotype(result.genotype, figures)
+    pictures.append(viz.plot_alpha_history(result.alpha_rows, figures / "alpha_history.png"))
     typer.echo(f"genotype: {result.genotype_json}")
+    typer.echo(f"pictures: {', '.join(str(p) for p in pictures)}")
     typer.echo(f"metrics:  {result.metrics_json}")

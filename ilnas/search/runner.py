@@ -20,7 +20,13 @@ from tqdm.auto import tqdm
 
 from ilnas.data.loaders import CyclingLoader
 from ilnas.data.tasks import TaskData, build_task
-from ilnas.search.checkpoint import CheckpointError, config_differences, load_checkpoint, save_checkpoint
+from ilnas.search.checkpoint import (
+    CheckpointError,
+    config_differences,
+    load_checkpoint,
+    load_state_file,
+    save_checkpoint,
+)
 from ilnas.search.config import SearchConfig
 from ilnas.space.architecture import Architecture
 from ilnas.space.genotype import Genotype
@@ -285,7 +291,7 @@ def derive_genotype_from_file(path: str | os.PathLike) -> Genotype:
     from ilnas.space.genotype import derive_genotype
 
     path = Path(path)
-    state = load_checkpoint_plain(path)
+    state = load_state_file(path)
     try:
         arch = Architecture(int(state["nodes"]), edge_normalization="betas_normal" in state)
         arch.load_state_dict({k: v for k, v in state.items() if k != "nodes"})
@@ -294,15 +300,3 @@ def derive_genotype_from_file(path: str | os.PathLike) -> Genotype:
     w = arch()
     return derive_genotype(arch.alphas_normal, arch.alphas_reduce, arch.nodes,
                            w.get("edge_normal"), w.get("edge_reduce"))
-
-
-def load_checkpoint_plain(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except Exception as exc:  # torch raises several types for damaged zips/pickles
-        raise CheckpointError(f"{path}: corrupt or unreadable ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
-    return state
