@@ -158,3 +158,25 @@ def test_interrupted_search_resumes_from_its_checkpoint(tmp_path: Path) -> None:
                               filter_string="tags.stage = 'search'")
     assert len(runs) == 1 and runs[0].data.tags.get("resumed") == "true"
     assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss_sum")) == [0, 1]
+
+
+def test_retrain_stage_relaunches_under_torchrun(tmp_path: Path) -> None:
+    import json
+
+    from ilnas.space.genotype import DARTS_V2
+
+    project = init_repo(tmp_path / "project")
+    params = (project / "params.yaml").read_text().replace("distributed: {nproc_per_node: 1",
+                                                           "distributed: {nproc_per_node: 2")
+    (project / "params.yaml").write_text(params)
+    DARTS_V2.to_json(project / "models" / "genotype.json")
+    out = subprocess.run([sys.executable, "-m", "stages.retrain"], cwd=project, capture_output=True, text=True,
+                         timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "relaunching under torchrun" in out.stderr
+    assert json.loads((project / "metrics/retrain.json").read_text())["world_size"] == 2
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.data.tags["world_size"] for r in runs] == ["2"]  # one run: only rank 0 tracks
