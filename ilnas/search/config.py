@@ -12,15 +12,21 @@ HYPERGRAD_METHODS = ("first_order", "finite_difference", "exact")
 
 
 class LFMConfig(BaseModel):
-    """Learning from mistakes with class weighting (used when ``strategy: lfm``)."""
+    """Learning from mistakes with class weighting (used when ``strategy: lfm``; see ilnas/strategies/lfm.py)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    class_weight_lr: float = Field(default=1e-2, gt=0)
+    class_weight_lr: float = Field(default=1e-2, gt=0, description="Adam learning rate of the class-weight logits")
     class_weight_init: Literal["val_error", "uniform"] = "val_error"
+    class_weight_floor: float = Field(default=0.05, gt=0,
+                                      description="added to W1's per-class val error before normalizing (init)")
+    first_order_class_weights: Literal["finite_difference", "frozen"] = Field(
+        default="finite_difference",
+        description="with hypergrad: first_order, c has no first-order gradient: take its unrolled one, or freeze c")
     use_generator: bool = False
     generator_lr: float = Field(default=2e-4, gt=0)
     generator_latent_dim: int = Field(default=32, ge=1)
+    generator_hidden: int = Field(default=256, ge=8)
     synthetic_per_batch: int = Field(default=16, ge=0)
 
 
