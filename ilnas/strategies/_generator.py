@@ -30,18 +30,22 @@ class ConditionalVAE(nn.Module):
     def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.decoder(torch.cat([z, self._onehot(labels)], dim=1)).view(len(z), *self.shape)
 
-    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Gaussian reconstruction (squared error, per image) + KL to N(0, I), averaged over the batch."""
+    def loss(self, x: torch.Tensor, labels: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
+        """Gaussian reconstruction (squared error, per image) + KL to N(0, I), averaged over the batch.
+
+        ``rng``: a generator of its own, so that a resumed search draws the same noise (the global RNG also
+        seeds DataLoader iterators, which a resumed run recreates at other points).
+        """
         x = x.float()
         h = self.encoder(torch.cat([x.flatten(1), self._onehot(labels)], dim=1))
         mu, logvar = h.chunk(2, dim=1)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        z = mu + torch.randn(mu.shape, generator=rng, device=mu.device) * (0.5 * logvar).exp()
         recon = self.decode(z, labels)
         rec = ((recon - x) ** 2).flatten(1).sum(1)
         kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)
         return (rec + kl).mean()
 
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor) -> torch.Tensor:
-        z = torch.randn(len(labels), self.latent_dim, device=labels.device)
+    def sample(self, labels: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
+        z = torch.randn(len(labels), self.latent_dim, generator=rng, device=labels.device)
         return self.decode(z, labels)

@@ -114,6 +114,8 @@ class LearningFromMistakes(SearchStrategy):
             self.generator = ConditionalVAE(sum(ctx.num_classes), first.in_channels, first.image_size,
                                             self.cfg.generator_latent_dim, self.cfg.generator_hidden).to(ctx.device)
             self.g_optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.cfg.generator_lr)
+            # its own random stream, checkpointed: resumed runs must draw the same latents and labels
+            self.g_rng = torch.Generator(ctx.device).manual_seed(ctx.config.seed)
 
     # -- one iteration ---------------------------------------------------------------------------------
     def step(self, iteration: int, lr: float, update_arch: bool) -> dict[str, float]:
@@ -199,7 +201,7 @@ class LearningFromMistakes(SearchStrategy):
         for stage in stages:
             for x, y in stage.batches:
                 self.g_optimizer.zero_grad(set_to_none=True)
-                loss = self.generator.loss(x, y + self.offsets[stage.task])
+                loss = self.generator.loss(x, y + self.offsets[stage.task], self.g_rng)
                 if not torch.isfinite(loss.detach()):
                     raise SearchDivergedError(f"non-finite generator loss ({float(loss)}) in task {stage.task}")
                 loss.backward()
@@ -220,8 +222,8 @@ class LearningFromMistakes(SearchStrategy):
             n = self.ctx.num_classes[stage.task]
             batches = []
             for x, y in stage.batches:
-                ys = torch.randint(n, (m,), device=y.device)
-                xs = self.generator.sample(ys + self.offsets[stage.task]).to(x.dtype)
+                ys = torch.randint(n, (m,), generator=self.g_rng, device=y.device)
+                xs = self.generator.sample(ys + self.offsets[stage.task], self.g_rng).to(x.dtype)
                 batches.append((torch.cat([x, xs]), torch.cat([y, ys])))
             out.append(dataclasses.replace(stage, batches=batches))
         return out
@@ -239,11 +241,12 @@ class LearningFromMistakes(SearchStrategy):
         if self.generator is not None:
             state["generator"] = self.generator.state_dict()
             state["g_optimizer"] = self.g_optimizer.state_dict()
+            state["g_rng"] = self.g_rng.get_state()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = [k for k in ("w2", "w2_optimizer", "class_weights", "c_optimizer", "initialized")
-                   + (("generator", "g_optimizer") if self.generator is not None else ()) if k not in state]
+                   + (("generator", "g_optimizer", "g_rng") if self.generator is not None else ()) if k not in state]
         if missing:
             raise CheckpointError(f"LFM strategy state in the checkpoint lacks {missing}")
         self.w2.load_state_dict(state["w2"])
@@ -254,3 +257,4 @@ class LearningFromMistakes(SearchStrategy):
         if self.generator is not None:
             self.generator.load_state_dict(state["generator"])
             self.g_optimizer.load_state_dict(state["g_optimizer"])
+            self.g_rng.set_state(state["g_rng"])
