@@ -23,6 +23,9 @@ for _key, _value in {
     "PYTHONDONTWRITEBYTECODE": "1",
 }.items():
     os.environ[_key] = _value
+# One intra-op thread (set before torch is imported): the suite's tiny networks gain nothing from a second
+# thread, and with a stage subprocess or a DDP rank on the other core, two threads ran ~15x slower here.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -207,11 +207,6 @@ def test_non_json_file_names_the_file(tmp_path: Path) -> None:
     assert str(path) in str(info.value) and "not valid JSON" in str(info.value)
 
 
-# Known bug in ilnas/space/genotype.py (outside the data area, left for its owner): Genotype.from_json reads
-# with Path.read_text and catches only OSError, so a binary file (e.g. a pickled genotype) escapes as a bare
-# UnicodeDecodeError. Fix: catch (OSError, UnicodeDecodeError) there; this xfail is strict, so it then fails
-# and must be removed.
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason="from_json does not catch UnicodeDecodeError")
 def test_binary_file_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "genotype.json"
     path.write_bytes(b"\x80\x04\x95pickle")

@@ -149,7 +149,7 @@ def test_short_search_on_digits_lowers_summed_validation_loss(tmp_path):
                        nodes=2, batch_size=32, deterministic=True)
     result = run_search(cfg, tmp_path, progress=False)
     first, last = result.metrics["initial_val_loss_sum"], result.metrics["val_loss_sum"]
-    assert last < first - 0.1, (first, last)  # measured 3.23 -> 3.03; an untrained supernet stays at 2 ln 5
+    assert last < first - 0.5, (first, last)  # an untrained supernet stays at 2 ln 5 = 3.22
     assert isinstance(result.genotype, Genotype)
     assert Genotype.from_json(result.genotype_json) == result.genotype
     assert derive_genotype_from_file(result.alphas) == result.genotype

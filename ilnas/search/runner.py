@@ -78,16 +78,26 @@ def _build_tasks(config: SearchConfig) -> list[TaskData]:
 @torch.no_grad()
 def evaluate(model: Supernet, arch: Architecture, tasks: list[TaskData], device: torch.device,
              batch_size: int) -> dict[str, float]:
-    """Loss and accuracy of every head on its full validation split (BatchNorm in eval mode)."""
-    model.eval()
+    """Loss and accuracy of every head on its full validation split.
+
+    BatchNorm uses batch statistics, as in the architecture step, on cloned buffers: a supernet's running
+    statistics lag far behind its mixing weights early in a search (eval-mode accuracy sat at chance
+    while training accuracy was 0.97), and evaluating must not move them either.
+    """
+    from torch.func import functional_call
+
+    was_training = model.training
+    model.train()
     weights = arch()
+    params = dict(model.named_parameters())
     out: dict[str, float] = {}
     total = 0.0
     for k, task in enumerate(tasks):
         loss_sum, correct, n = 0.0, 0, 0
         for x, y in DataLoader(task.val, batch_size=batch_size, shuffle=False):
             x, y = x.to(device), y.to(device)
-            logits = model(x, weights, k).float()
+            buffers = {name: b.clone() for name, b in model.named_buffers()}
+            logits = functional_call(model, {**params, **buffers}, (x, weights, k)).float()
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             n += len(y)
@@ -95,7 +105,7 @@ def evaluate(model: Supernet, arch: Architecture, tasks: list[TaskData], device:
         out[f"val_acc/{task.name}"] = correct / n
         total += loss_sum / n
     out["val_loss_sum"] = total
-    model.train()
+    model.train(was_training)
     return out
 
 

@@ -96,6 +96,8 @@ class Genotype:
                 text = source.read_text()
             except OSError as exc:
                 raise GenotypeError(f"{source}: cannot read genotype file ({exc.strerror})") from exc
+            except UnicodeDecodeError as exc:
+                raise GenotypeError(f"{source}: not a text (JSON) file ({exc.reason})") from exc
         else:
             text = str(text_or_path)
         try:
