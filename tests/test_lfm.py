@@ -186,7 +186,7 @@ DIGITS = dict(epochs=2, iterations_per_epoch=2, val_fraction=0.25, **TINY)
 
 
 def test_lfm_search_on_digits_writes_a_genotype_and_a_class_weight_history(tmp_path):
-    from ilnas.viz import plot_class_weights
+    from ilnas.viz import plot_alpha_history, plot_class_weights
 
     result = run_search(SearchConfig(strategy="lfm", **DIGITS), tmp_path, progress=False)
     assert Genotype.from_json(result.genotype_json) == result.genotype
@@ -195,6 +195,7 @@ def test_lfm_search_on_digits_writes_a_genotype_and_a_class_weight_history(tmp_p
     assert all(sum(w) == pytest.approx(5.0) for r in rows for w in r["class_weights"].values())
     assert rows[0]["class_weights"] != rows[1]["class_weights"]  # val-error init, then learned
     assert plot_class_weights(rows, tmp_path / "cw.png").stat().st_size > 0
+    assert plot_alpha_history(rows, tmp_path / "alphas.png").stat().st_size > 0  # the extra key is no obstacle
     assert {"w2_train_loss/digits_0_4", "arch_val_loss/digits_5_9"} <= set(result.history[-1])
 
 

@@ -12,6 +12,14 @@ Three levels per search iteration (every level runs the same R x K x T interleav
 c starts from W1's mistakes: at the first architecture update (i.e. after ``warmup_epochs``) it is set
 once to W1's per-class validation error (+ ``class_weight_floor``, normalized) over the whole val split,
 unless ``class_weight_init: uniform``. It has its own Adam (``class_weight_lr``), checkpointed with W2.
+With ``warmup_epochs: 0`` that first update is iteration 0, where W1 is untrained and close to a constant
+predictor (one class right, all others wrong): c then starts ~20x lower on that one class. Use
+``warmup_epochs >= 1`` with ``val_error`` (or ``uniform``).
+
+What the hypergradient does with c: it raises the weight of classes whose extra training lowers W2's
+validation loss (measured on a toy: an under-represented class, 16/16 draws). It is not "more weight to
+every class W1 gets wrong": for label noise or irreducible overlap more weight cannot fix the mistakes,
+and on the toy those classes showed no consistent direction.
 
 ``first_order`` and c: with W2 held constant, W2's validation loss does not depend on c at all, so a
 first-order c-gradient is identically zero. With ``hypergrad: first_order`` the architecture still takes
