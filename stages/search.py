@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             figure("loss curves", v.plot_curves, result.history, loss_keys, figures / "loss.png")
             figure("accuracy curves", v.plot_curves, result.history, acc_keys, figures / "accuracy.png")
             figure("searched cells", v.plot_genotype, result.genotype, figures)
+            if any("class_weights" in row for row in result.alpha_rows):  # strategy: lfm
+                figure("class weights", v.plot_class_weights, result.alpha_rows, figures / "class_weights.png")
         for name in ("genotype.json", "alpha_history.json", "history.csv", "metrics.json"):
             trk.log_artifact(out / name)
         if figures.exists():
