@@ -37,7 +37,7 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run as flow_run_runtime
 from prefect.runtime import task_run as task_run_runtime
 
-from ilnas.params import ParamsError, _split_key, apply_overrides, read_params_file, validate_params
+from ilnas.params import ParamsError, apply_overrides, read_params_file, validate_params
 from ilnas.tracking import (
     ENV_PARENT_RUN_ID,
     TELEMETRY_OFF,
@@ -47,6 +47,7 @@ from ilnas.tracking import (
     telemetry_off,
     tracking_uri,
 )
+from ilnas.utils.overrides import split_key
 
 log = logging.getLogger("ilnas.flows")
 
@@ -160,7 +161,7 @@ def write_params(path: Path, overrides: Sequence[str], preset: Path | None = Non
         data = rt.load(fh)
     for item in overrides:
         key, _, raw = item.partition("=")
-        parts = _split_key(key)
+        parts = split_key(key)
         node = data
         for part in parts[:-1]:
             if isinstance(node, dict) and node.get(part) is None:

@@ -10,8 +10,6 @@ settings (``seed``, ``device``, ``tracking``). The shared ``seed``/``device`` ar
 
 from __future__ import annotations
 
-import copy
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ilnas.search.config import SearchConfig
 from ilnas.train.config import RetrainConfig, TransferConfig
+from ilnas.utils.checks import check_device_name
+from ilnas.utils.overrides import OverrideError
+from ilnas.utils.overrides import apply_overrides as _apply_overrides
 
 SECTIONS_WITH_SEED = ("search", "retrain", "transfer")
 NAMED_GENOTYPES = ("DARTS_V2",)
@@ -112,55 +113,16 @@ class PipelineParams(BaseModel):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        if value not in ("auto", "cpu") and not value.startswith("cuda"):
-            raise ValueError(f"unknown device {value!r}; allowed: 'auto', 'cpu', 'cuda', 'cuda:N'")
-        return value
+        return check_device_name(value)
 
 
 # -- overrides ------------------------------------------------------------------------------------------------
-_INDEX = re.compile(r"\[(\d+)\]")
-
-
-def _split_key(key: str) -> list[str | int]:
-    """``search.tasks[0].name`` or ``search.tasks.0.name`` -> ['search', 'tasks', 0, 'name']."""
-    parts: list[str | int] = []
-    for part in _INDEX.sub(r".\1", key.strip().lstrip("+")).split("."):
-        if not part:
-            raise ParamsError(f"override key {key!r}: empty component")
-        parts.append(int(part) if part.isdigit() else part)
-    return parts
-
-
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """``key.sub=value`` edits (values parsed as YAML, like ``dvc exp run -S``) on a copy of ``data``."""
-    out = copy.deepcopy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ParamsError(f"override {item!r} must look like key.sub=value")
-        parts = _split_key(key)
-        node: Any = out
-        for i, part in enumerate(parts[:-1]):
-            where = ".".join(map(str, parts[: i + 1]))
-            if isinstance(node, dict):
-                if node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
-            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-                node = node[part]
-            else:
-                raise ParamsError(f"override {item!r}: {where} is not a section or list index")
-        last = parts[-1]
-        value = yaml.safe_load(raw) if raw.strip() else None
-        if isinstance(node, list):
-            if not isinstance(last, int) or last >= len(node):
-                raise ParamsError(f"override {item!r}: index {last} out of range (length {len(node)})")
-            node[last] = value
-        elif isinstance(node, dict):
-            node[last] = value
-        else:
-            raise ParamsError(f"override {item!r}: parent of {last!r} is not a section")
-    return out
+    try:
+        return _apply_overrides(data, overrides)
+    except OverrideError as exc:
+        raise ParamsError(str(exc)) from None
 
 
 # -- validation with messages that name the key ----------------------------------------------------------------

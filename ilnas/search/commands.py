@@ -6,37 +6,9 @@ import logging
 from pathlib import Path
 
 import typer
-import yaml
-from pydantic import ValidationError
 
-from ilnas.cli import app
+from ilnas.cli import app, load_section
 from ilnas.search.config import SearchConfig
-from ilnas.utils.overrides import apply_overrides
-
-
-def load_search_config(path: Path | None, overrides: list[str]) -> SearchConfig:
-    """A search config from a YAML file: a bare search mapping, or a params.yaml with a ``search:`` section."""
-    data: dict = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise typer.BadParameter(f"{path}: cannot read config ({exc})") from exc
-        if isinstance(data, dict) and isinstance(data.get("search"), dict):
-            data = data["search"]
-    data = apply_overrides(data, overrides)
-    try:
-        return SearchConfig.model_validate(data)
-    except ValidationError as exc:
-        raise typer.BadParameter(format_validation_error(exc, prefix="search")) from exc
-
-
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
-        lines.append(f"{key}: {err['msg']}")
-    return "; ".join(lines)
 
 
 @app.command("search")
@@ -50,7 +22,7 @@ def search_command(
     from ilnas.search.runner import run_search
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = load_search_config(config, set_)
+    cfg = load_section(SearchConfig, "search", config, set_)
     result = run_search(cfg, out, resume=resume)
     from ilnas import viz
 

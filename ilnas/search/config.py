@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ilnas.data.spec import TaskConfig, default_digits_tasks
+from ilnas.utils.checks import check_device_name
 
 HYPERGRAD_METHODS = ("first_order", "finite_difference", "exact")
 
@@ -87,9 +88,7 @@ class SearchConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        if value not in ("auto", "cpu") and not value.startswith("cuda"):
-            raise ValueError(f"unknown device {value!r}; allowed: 'auto', 'cpu', 'cuda', 'cuda:N'")
-        return value
+        return check_device_name(value)
 
     @field_validator("tasks")
     @classmethod

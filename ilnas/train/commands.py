@@ -12,32 +12,9 @@ import logging
 from pathlib import Path
 
 import typer
-import yaml
-from pydantic import BaseModel, ValidationError
 
-from ilnas.cli import app
+from ilnas.cli import app, load_section
 from ilnas.train.config import RetrainConfig, TransferConfig
-from ilnas.utils.overrides import apply_overrides
-
-
-def _load_config(model: type[BaseModel], section: str, path: Path | None, overrides: list[str]) -> BaseModel:
-    data: dict = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise typer.BadParameter(f"{path}: cannot read config ({exc})") from exc
-        if isinstance(data, dict) and isinstance(data.get(section), dict):
-            data = data[section]
-    try:
-        data = apply_overrides(data, overrides)
-        return model.model_validate(data)
-    except ValueError as exc:  # ValidationError is a ValueError
-        if isinstance(exc, ValidationError):
-            msg = "; ".join(f"{section}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        else:
-            msg = str(exc)
-        raise typer.BadParameter(msg) from exc
 
 
 @app.command("retrain")
@@ -52,7 +29,7 @@ def retrain_command(
     from ilnas.train.retraining import retrain
 
     logging.basicConfig(level=logging.WARNING)
-    cfg = _load_config(RetrainConfig, "retrain", config, set_)
+    cfg = load_section(RetrainConfig, "retrain", config, set_)
     result = retrain(cfg, genotype, out, resume=resume)  # type: ignore[arg-type]
     typer.echo(json.dumps({k: result.metrics[k] for k in ("top1", "top5", "params", "macs", "best_top1")}))
     typer.echo(f"metrics: {result.metrics_json}")
@@ -71,7 +48,7 @@ def transfer_command(
     from ilnas.train.transfer_eval import transfer
 
     logging.basicConfig(level=logging.WARNING)
-    cfg = _load_config(TransferConfig, "transfer", config, set_)
+    cfg = load_section(TransferConfig, "transfer", config, set_)
     if cfg.data_root is None and data_root is None:  # type: ignore[attr-defined]
         raise typer.BadParameter("give --data ROOT (or data_root in the config)")
     result = transfer(cfg, genotype, out, data_root=data_root, resume=resume)  # type: ignore[arg-type]

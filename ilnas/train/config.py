@@ -13,16 +13,11 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ilnas.data.spec import TaskConfig
+from ilnas.utils.checks import check_device_name
 
 
 def _default_task() -> TaskConfig:
     return TaskConfig(name="digits", dataset="digits")
-
-
-def _check_device(value: str) -> str:
-    if value not in ("auto", "cpu") and not value.startswith("cuda"):
-        raise ValueError(f"unknown device {value!r}; allowed: 'auto', 'cpu', 'cuda', 'cuda:N'")
-    return value
 
 
 class LeRaCConfig(BaseModel):
@@ -81,7 +76,7 @@ class _TrainCommon(BaseModel):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        return _check_device(value)
+        return check_device_name(value)
 
     @model_validator(mode="after")
     def _check_channels(self):
