@@ -135,8 +135,9 @@ def stage_metrics_files(dvc_yaml: str | Path) -> dict[str, list[str]]:
     return {name: _paths(spec.get("metrics")) for name, spec in read_stages(dvc_yaml).items()}
 
 
-def key_metric(project: Path, files: Sequence[str]) -> str:
-    """``name=value`` of the stage's headline metric ('' when there is none yet)."""
+def key_metrics(project: Path, files: Sequence[str]) -> list[tuple[str, float]]:
+    """The KEY_METRICS present in a stage's metrics files, file by file, in KEY_METRICS order."""
+    found: list[tuple[str, float]] = []
     for rel in files:
         try:
             data = json.loads((project / rel).read_text())
@@ -145,8 +146,14 @@ def key_metric(project: Path, files: Sequence[str]) -> str:
         for key in KEY_METRICS:
             value = data.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
-                return f"{key}={value:.4g}"
-    return ""
+                found.append((key, float(value)))
+    return found
+
+
+def key_metric(project: Path, files: Sequence[str]) -> str:
+    """``name=value`` of the stage's headline metric ('' when there is none yet)."""
+    found = key_metrics(project, files)
+    return f"{found[0][0]}={found[0][1]:.4g}" if found else ""
 
 
 # -- params --------------------------------------------------------------------------------------------------
@@ -352,17 +359,8 @@ def pipeline(project_dir: str = ".", overrides: list[str] | None = None, preset:
 
 
 def _headline(project: Path, metrics_files: dict[str, list[str]]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for stage, files in metrics_files.items():
-        for rel in files:
-            try:
-                data = json.loads((project / rel).read_text())
-            except (OSError, ValueError):
-                continue
-            for key in KEY_METRICS:
-                if isinstance(data.get(key), int | float) and not isinstance(data.get(key), bool):
-                    out[f"{stage}/{key}"] = float(data[key])
-    return out
+    return {f"{stage}/{key}": value for stage, files in metrics_files.items()
+            for key, value in key_metrics(project, files)}
 
 
 def where_to_look(result: dict[str, Any]) -> str:
