@@ -1,6 +1,6 @@
 """Persistent, cycling, resumable batch streams.
 
-One DataLoader iterator lives for the whole search (never ``next(iter(loader))`` per step). The
+One DataLoader iterator lives for the whole search (never a fresh iterator per step). The
 batch order is a pure function of ``(seed, batches consumed)``, so a checkpoint stores one integer
 and a resumed run sees exactly the batches an uninterrupted one would.
 """
