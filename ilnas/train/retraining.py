@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -27,7 +26,7 @@ from ilnas.train.checkpoint import CheckpointError
 from ilnas.train.config import RetrainConfig
 from ilnas.train.distributed import setup_distributed
 from ilnas.train.engine import EpochCallback, eval_loader, evaluate, fit
-from ilnas.utils.device import seed_everything
+from ilnas.utils.device import seeded
 from ilnas.utils.io import atomic_write_json, atomic_write_text
 
 __all__ = ["RetrainResult", "retrain", "build_model", "CheckpointError"]
@@ -130,57 +129,56 @@ def retrain(
     out = Path(out_dir)
     geno = load_genotype(genotype) if genotype is not None else None
     ctx = setup_distributed(config.device)
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    try:
-        seed_everything(config.seed, config.deterministic)
-        train_ds, eval_ds, test_ds, num_classes, in_chans, image_size = build_retrain_data(config)
-        model = build_model(config.model, geno, num_classes, in_chans, config.channels, config.cells,
-                            config.auxiliary, config.drop_path_rate)
-        identity = {
-            "kind": "retrain",
-            "config": config.model_dump(mode="json"),
-            "genotype": geno.to_dict() if geno is not None else None,
-        }
-        if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / "config.json", config.model_dump_json(indent=2) + "\n")
-            if geno is not None:
-                geno.to_json(out / "genotype.json")
-        fitted = fit(config, model, train_ds, eval_ds, num_classes, out, ctx, resume=resume, callbacks=callbacks,
-                     lerac=config.lerac, identity=identity, desc="retrain")
-        use_amp = config.amp and ctx.device.type == "cuda"
-        channels_last = config.channels_last and ctx.device.type == "cuda"
-        test = evaluate(fitted.eval_model, eval_loader(test_ds, config.batch_size, ctx, config.num_workers), ctx,
-                        num_classes, use_amp, channels_last, desc="test")
-        input_size = (in_chans, image_size, image_size)
-        last = fitted.history[-1] if fitted.history else {}
-        metrics: dict[str, Any] = {
-            "top1": test["top1"],
-            "top5": test["top5"],
-            "topk": test["topk"],
-            "loss": test["loss"],
-            "params": count_params(model),
-            "macs": count_macs(model, input_size),
-            "best_top1": fitted.best_metric,
-            "best_epoch": fitted.best_epoch,
-            "val_top1": last.get("val_top1"),
-            "epochs": len(fitted.history),
-            "train_images_per_s": last.get("train_images_per_s"),
-            "test_images": test["n"],
-            "num_classes": num_classes,
-            "input_size": list(input_size),
-            "model": config.model,
-            "ema": config.ema,
-            "lerac": config.lerac.enabled,
-            "world_size": ctx.world_size,
-        }
-        metrics_json = out / "metrics.json"
-        if ctx.is_main:
-            atomic_write_json(metrics_json, metrics)
-        checkpoint = fitted.best_checkpoint or fitted.last_checkpoint
-        return RetrainResult(metrics=metrics, out_dir=out, metrics_json=metrics_json, history_csv=out / "history.csv",
-                             checkpoint=checkpoint, last_checkpoint=fitted.last_checkpoint, history=fitted.history,
-                             model=fitted.eval_model)
-    finally:
-        torch.use_deterministic_algorithms(prev_det, warn_only=True)
-        ctx.close()
+    with seeded(config.seed, config.deterministic):
+        try:
+            train_ds, eval_ds, test_ds, num_classes, in_chans, image_size = build_retrain_data(config)
+            model = build_model(config.model, geno, num_classes, in_chans, config.channels, config.cells,
+                                config.auxiliary, config.drop_path_rate)
+            identity = {
+                "kind": "retrain",
+                "config": config.model_dump(mode="json"),
+                "genotype": geno.to_dict() if geno is not None else None,
+            }
+            if ctx.is_main:
+                out.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(out / "config.json", config.model_dump_json(indent=2) + "\n")
+                if geno is not None:
+                    geno.to_json(out / "genotype.json")
+            fitted = fit(config, model, train_ds, eval_ds, num_classes, out, ctx, resume=resume, callbacks=callbacks,
+                         lerac=config.lerac, identity=identity, desc="retrain")
+            use_amp = config.amp and ctx.device.type == "cuda"
+            channels_last = config.channels_last and ctx.device.type == "cuda"
+            test = evaluate(fitted.eval_model, eval_loader(test_ds, config.batch_size, ctx, config.num_workers), ctx,
+                            num_classes, use_amp, channels_last, desc="test")
+            input_size = (in_chans, image_size, image_size)
+            last = fitted.history[-1] if fitted.history else {}
+            metrics: dict[str, Any] = {
+                "top1": test["top1"],
+                "top5": test["top5"],
+                "topk": test["topk"],
+                "loss": test["loss"],
+                "params": count_params(model),
+                "macs": count_macs(model, input_size),
+                "best_top1": fitted.best_metric,
+                "best_epoch": fitted.best_epoch,
+                "val_top1": last.get("val_top1"),
+                "epochs": len(fitted.history),
+                "train_images_per_s": last.get("train_images_per_s"),
+                "test_images": test["n"],
+                "num_classes": num_classes,
+                "input_size": list(input_size),
+                "model": config.model,
+                "ema": config.ema,
+                "lerac": config.lerac.enabled,
+                "world_size": ctx.world_size,
+            }
+            metrics_json = out / "metrics.json"
+            if ctx.is_main:
+                atomic_write_json(metrics_json, metrics)
+            checkpoint = fitted.best_checkpoint or fitted.last_checkpoint
+            return RetrainResult(metrics=metrics, out_dir=out, metrics_json=metrics_json,
+                                 history_csv=out / "history.csv", checkpoint=checkpoint,
+                                 last_checkpoint=fitted.last_checkpoint, history=fitted.history,
+                                 model=fitted.eval_model)
+        finally:
+            ctx.close()

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from timm.data import create_transform
 from torch import nn
 from torchvision.datasets import ImageFolder
@@ -25,7 +24,7 @@ from ilnas.train.config import TransferConfig
 from ilnas.train.distributed import setup_distributed
 from ilnas.train.engine import EpochCallback, eval_loader, evaluate, fit
 from ilnas.train.retraining import build_model
-from ilnas.utils.device import seed_everything
+from ilnas.utils.device import seeded
 from ilnas.utils.io import atomic_write_json, atomic_write_text
 
 __all__ = ["TransferResult", "transfer", "imagefolder_datasets"]
@@ -89,50 +88,49 @@ def transfer(
     out = Path(out_dir)
     geno = load_genotype(genotype) if genotype is not None else None
     ctx = setup_distributed(config.device)
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    try:
-        seed_everything(config.seed, config.deterministic)
-        train_ds, val_ds = imagefolder_datasets(root, config)
-        num_classes = len(train_ds.classes)
-        model = build_model(config.model, geno, num_classes, config.in_chans, config.channels, config.cells,
-                            config.auxiliary, config.drop_path_rate)
-        loaded = _load_matching(model, config.checkpoint) if config.checkpoint else 0
-        identity = {"kind": "transfer", "config": config.model_dump(mode="json"),
-                    "genotype": geno.to_dict() if geno is not None else None}
-        if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / "config.json", config.model_dump_json(indent=2) + "\n")
-        fitted = fit(config, model, train_ds, val_ds, num_classes, out, ctx, resume=resume, callbacks=callbacks,
-                     identity=identity, desc="transfer")
-        use_amp = config.amp and ctx.device.type == "cuda"
-        channels_last = config.channels_last and ctx.device.type == "cuda"
-        val = evaluate(fitted.eval_model, eval_loader(val_ds, config.batch_size, ctx, config.num_workers), ctx,
-                       num_classes, use_amp, channels_last, max_batches=config.eval_batches, desc="transfer val")
-        input_size = (config.in_chans, config.image_size, config.image_size)
-        metrics: dict[str, Any] = {
-            "top1": val["top1"],
-            "top5": val["top5"],
-            "topk": val["topk"],
-            "loss": val["loss"],
-            "params": count_params(model),
-            "macs": count_macs(model, input_size),
-            "eval_images_per_s": val["images_per_s"],
-            "eval_images": val["n"],
-            "num_classes": num_classes,
-            "train_images": len(train_ds),
-            "epochs": len(fitted.history),
-            "best_top1": fitted.best_metric,
-            "input_size": list(input_size),
-            "model": config.model,
-            "fine_tuned_tensors": loaded,
-            "data_root": str(root),
-        }
-        metrics_json = out / "metrics.json"
-        if ctx.is_main:
-            atomic_write_json(metrics_json, metrics)
-        checkpoint = fitted.best_checkpoint or (fitted.last_checkpoint if fitted.last_checkpoint.exists() else None)
-        return TransferResult(metrics=metrics, out_dir=out, metrics_json=metrics_json, history_csv=out / "history.csv",
-                              checkpoint=checkpoint, history=fitted.history, model=fitted.eval_model)
-    finally:
-        torch.use_deterministic_algorithms(prev_det, warn_only=True)
-        ctx.close()
+    with seeded(config.seed, config.deterministic):
+        try:
+            train_ds, val_ds = imagefolder_datasets(root, config)
+            num_classes = len(train_ds.classes)
+            model = build_model(config.model, geno, num_classes, config.in_chans, config.channels, config.cells,
+                                config.auxiliary, config.drop_path_rate)
+            loaded = _load_matching(model, config.checkpoint) if config.checkpoint else 0
+            identity = {"kind": "transfer", "config": config.model_dump(mode="json"),
+                        "genotype": geno.to_dict() if geno is not None else None}
+            if ctx.is_main:
+                out.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(out / "config.json", config.model_dump_json(indent=2) + "\n")
+            fitted = fit(config, model, train_ds, val_ds, num_classes, out, ctx, resume=resume, callbacks=callbacks,
+                         identity=identity, desc="transfer")
+            use_amp = config.amp and ctx.device.type == "cuda"
+            channels_last = config.channels_last and ctx.device.type == "cuda"
+            val = evaluate(fitted.eval_model, eval_loader(val_ds, config.batch_size, ctx, config.num_workers), ctx,
+                           num_classes, use_amp, channels_last, max_batches=config.eval_batches, desc="transfer val")
+            input_size = (config.in_chans, config.image_size, config.image_size)
+            metrics: dict[str, Any] = {
+                "top1": val["top1"],
+                "top5": val["top5"],
+                "topk": val["topk"],
+                "loss": val["loss"],
+                "params": count_params(model),
+                "macs": count_macs(model, input_size),
+                "eval_images_per_s": val["images_per_s"],
+                "eval_images": val["n"],
+                "num_classes": num_classes,
+                "train_images": len(train_ds),
+                "epochs": len(fitted.history),
+                "best_top1": fitted.best_metric,
+                "input_size": list(input_size),
+                "model": config.model,
+                "fine_tuned_tensors": loaded,
+                "data_root": str(root),
+            }
+            metrics_json = out / "metrics.json"
+            if ctx.is_main:
+                atomic_write_json(metrics_json, metrics)
+            checkpoint = fitted.best_checkpoint or (fitted.last_checkpoint if fitted.last_checkpoint.exists() else None)
+            return TransferResult(metrics=metrics, out_dir=out, metrics_json=metrics_json,
+                                  history_csv=out / "history.csv", checkpoint=checkpoint, history=fitted.history,
+                                  model=fitted.eval_model)
+        finally:
+            ctx.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -27,6 +29,17 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+
+@contextmanager
+def seeded(seed: int, deterministic: bool = False) -> Iterator[None]:
+    """Seed everything for one library call, then give back the process-wide deterministic-algorithms flag."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        seed_everything(seed, deterministic)
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=True)
 
 
 def rng_state() -> dict:
