@@ -40,16 +40,36 @@ class RidgeTasks:
     val_loss = train_loss
 
 
-def analytic(problem: RidgeTasks, params, stages, val_batches, hp: InnerHParams, val_on: str) -> float:
-    """d/da of the summed validation loss after the unrolled stages, by forward sensitivities."""
+def _val_derivative(problem: RidgeTasks, X, y, W, sW, H, sH) -> float:
+    """d/da of one task's validation loss given the sensitivities of its encoder and head."""
+    ea = torch.exp(problem.a.detach()[0])
+    r = X @ W + H - y
+    return float((r * (X @ sW + sH)).mean() + ea * (W @ sW) + 0.5 * ea * (W @ W))
+
+
+def analytic(problem: RidgeTasks, params, stages, val_batches, hp: InnerHParams, val_on: str,
+             stagewise: bool = False) -> float:
+    """d/da of the summed validation loss after the unrolled stages, by forward sensitivities.
+
+    Momentum buffers are per model (task) when ``hp.task_momentum_buffers`` is given. ``stagewise``: the
+    sensitivities restart at zero at every stage (what a stage is handed is a constant) and every stage
+    adds the derivative of its own task's validation loss at its end.
+    """
     K = len(val_batches)
     names = ["W"] + [f"H{k}" for k in range(K)]
     theta = {n: params[n].detach().clone() for n in names}
     sens = {n: torch.zeros_like(theta[n]) for n in names}
-    bufs = {n: b.clone() for n, b in hp.momentum_buffers.items()}
+    per_model = hp.task_momentum_buffers is not None
+    if per_model:
+        task_bufs = {k: {n: b.clone() for n, b in hp.task_momentum_buffers.get(k, {}).items()} for k in range(K)}
+    shared_bufs = {n: b.clone() for n, b in hp.momentum_buffers.items()}
     ea = torch.exp(problem.a.detach()[0])
     own = {}
+    stagewise_total = 0.0
     for si, st in enumerate(stages):
+        if stagewise:
+            sens = {n: torch.zeros_like(theta[n]) for n in names}
+        bufs = task_bufs[st.task] if per_model else shared_bufs
         anchor, anchor_s = theta["W"].clone(), sens["W"].clone()
         hk = f"H{st.task}"
         for (X, y), xi in zip(st.batches, st.lrs):
@@ -68,18 +88,21 @@ def analytic(problem: RidgeTasks, params, stages, val_batches, hp: InnerHParams,
                 bufs[name] = step
             theta["W"], theta[hk] = W - xi * bufs["W"], H - xi * bufs[hk]
             sens["W"], sens[hk] = sens["W"] - xi * dgW, sens[hk] - xi * dgH
+        if stagewise:
+            X, y = val_batches[st.task]
+            stagewise_total += _val_derivative(problem, X, y, theta["W"], sens["W"], theta[hk], sens[hk])
         if si == max(i for i, s in enumerate(stages) if s.task == st.task):
             own[st.task] = (theta["W"].clone(), sens["W"].clone())
+    if stagewise:
+        return stagewise_total
     total = 0.0
     for k, (X, y) in enumerate(val_batches):
         W, sW = own[k] if val_on == "own" else (theta["W"], sens["W"])
-        H, sH = theta[f"H{k}"], sens[f"H{k}"]
-        r = X @ W + H - y
-        total += float((r * (X @ sW + sH)).mean() + ea * (W @ sW) + 0.5 * ea * (W @ W))
+        total += _val_derivative(problem, X, y, W, sW, theta[f"H{k}"], sens[f"H{k}"])
     return total
 
 
-def make_case(K: int, R: int, T: int, lam: float, momentum_init: bool):
+def make_case(K: int, R: int, T: int, lam: float, momentum_init: bool, per_model: bool = False):
     problem = RidgeTasks(K)
     g = torch.Generator().manual_seed(1)
     params = {"W": torch.randn(D, generator=g, dtype=torch.float64)}
@@ -91,23 +114,60 @@ def make_case(K: int, R: int, T: int, lam: float, momentum_init: bool):
     ]
     bufs = {n: 0.1 * torch.randn_like(p) for n, p in params.items()} if momentum_init else {}
     hp = InnerHParams(momentum=0.9, weight_decay=3e-3, lam=lam, momentum_buffers=bufs)
+    if per_model:  # model k: its own encoder buffer (different per k) and its head's
+        hp.task_momentum_buffers = {
+            k: {"W": 0.1 * torch.randn(D, generator=g, dtype=torch.float64), f"H{k}": bufs[f"H{k}"]}
+            if momentum_init else {} for k in range(K)}
     val = [problem.data[k][2:] for k in range(K)]
     return problem, params, stages, val, hp
 
 
-@pytest.mark.parametrize("method", ["finite_difference", "exact"])
-@pytest.mark.parametrize("K,R,T,lam,val_on", [
+CASES = [
     (1, 1, 1, 0.0, "final"),
     (2, 1, 1, 0.0, "final"),
     (2, 2, 3, 0.5, "final"),
     (2, 2, 3, 0.5, "own"),
     (3, 1, 2, 1.0, "own"),
-])
-def test_unrolled_methods_match_analytic(method, K, R, T, lam, val_on):
-    problem, params, stages, val, hp = make_case(K, R, T, lam, momentum_init=True)
+]
+
+
+@pytest.mark.parametrize("per_model", [False, True], ids=["shared_state", "per_model_state"])
+@pytest.mark.parametrize("method", ["finite_difference", "exact"])
+@pytest.mark.parametrize("K,R,T,lam,val_on", CASES)
+def test_unrolled_methods_match_analytic(method, K, R, T, lam, val_on, per_model):
+    problem, params, stages, val, hp = make_case(K, R, T, lam, momentum_init=True, per_model=per_model)
     expected = analytic(problem, params, stages, val, hp, val_on)
     got = hypergradient(method, problem, params, stages, val, hp, val_on).grads[0].item()
     assert got == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("per_model", [False, True], ids=["shared_state", "per_model_state"])
+@pytest.mark.parametrize("K,R,T,lam,val_on", CASES)
+def test_stagewise_matches_its_closed_form(K, R, T, lam, val_on, per_model):
+    problem, params, stages, val, hp = make_case(K, R, T, lam, momentum_init=True, per_model=per_model)
+    expected = analytic(problem, params, stages, val, hp, val_on, stagewise=True)
+    got = hypergradient("stagewise", problem, params, stages, val, hp, val_on).grads[0].item()
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    if K > 1:  # and it is a different quantity from the chained hypergradient
+        chained = analytic(problem, params, stages, val, hp, val_on)
+        assert abs(expected - chained) > 1e-6
+
+
+def test_k1_single_step_stagewise_is_darts_second_order():
+    """K = 1, R = 1, T = 1: one stage, so the stagewise and the chained hypergradients coincide."""
+    problem, params, stages, val, hp = make_case(1, 1, 1, 0.0, momentum_init=True)
+    a = hypergradient("stagewise", problem, params, stages, val, hp).grads[0].item()
+    b = hypergradient("finite_difference", problem, params, stages, val, hp).grads[0].item()
+    assert a == pytest.approx(b, rel=1e-9)
+
+
+def test_per_model_state_changes_the_hypergradient():
+    """The per-model momentum is not a relabelling: with different encoder buffers the answer moves."""
+    shared = make_case(2, 2, 2, 0.0, momentum_init=True, per_model=False)
+    per_model = make_case(2, 2, 2, 0.0, momentum_init=True, per_model=True)
+    g_shared = hypergradient("exact", *shared[:4], shared[4]).grads[0].item()
+    g_model = hypergradient("exact", *per_model[:4], per_model[4]).grads[0].item()
+    assert abs(g_shared - g_model) > 1e-6
 
 
 def test_lam_matters_only_with_several_inner_steps():

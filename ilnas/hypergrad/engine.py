@@ -1,13 +1,20 @@
 """Architecture hypergradients through the interleaved stages (DESIGN.md section 2).
 
-Three interchangeable methods share one definition of the inner step,
+Four interchangeable methods share one definition of the inner step,
 ``theta' = theta - xi * (mu * buf + grad L_k^tr(theta, A) + wd * theta + lam * (W - W_prev))``,
-with the momentum term ``mu * buf`` treated as a constant (as DARTS does) in every method:
+with the momentum term ``mu * buf`` treated as a constant (as DARTS does) in every method. ``buf`` is one
+buffer per parameter (``optimizer_state: shared``) or one per model k (``per_model``: the encoder handed to
+model k continues with model k's momentum), whichever the real optimizer keeps:
 
 * ``first_order``: W held constant; the gradient of the summed validation loss at the current weights.
 * ``finite_difference``: reverse mode through every inner step of every stage; each Hessian-vector
-  and mixed product by central differences (two gradients per step, each w.r.t. theta and A).
-* ``exact``: the same chain by autograd through ``create_graph=True`` (memory grows with K*R*T).
+  and mixed product by central differences (two gradients per step, each w.r.t. theta and A; at the
+  earliest step of the chain only the A part is needed, so only A's gradient is taken there).
+* ``stagewise``: per stage, DARTS' hypergradient of that model's validation loss through that stage's own
+  steps only, the handed-over encoder (and the stage's starting head) held constant; summed over stages.
+  The published reading of interleaving learning; about K DARTS second-order steps.
+* ``exact``: the same chain as ``finite_difference`` by autograd through ``create_graph=True`` (memory
+  grows with K*R*T).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import torch
 
 from ilnas.hypergrad.problem import InnerHParams, Params, Problem, Stage
 
-METHODS = ("first_order", "finite_difference", "exact")
+METHODS = ("first_order", "finite_difference", "stagewise", "exact")
 FD_EPS = 0.01
 
 
@@ -62,15 +69,34 @@ def _inner_step(theta: Params, grads: Sequence[torch.Tensor], stage: Stage, anch
     return new
 
 
+class _MomentumBuffers:
+    """The SGD momentum buffers the virtual steps continue from: one set, or one set per model (task)."""
+
+    def __init__(self, hp: InnerHParams):
+        self.per_task = hp.task_momentum_buffers is not None
+        source = hp.task_momentum_buffers or {}
+        self._sets: dict[int, dict[str, torch.Tensor | None]] = {
+            k: {n: b.clone() for n, b in bufs.items()} for k, bufs in source.items()}
+        self._shared: dict[str, torch.Tensor | None] = {n: b.clone() for n, b in hp.momentum_buffers.items()}
+
+    def of(self, task: int) -> dict[str, torch.Tensor | None]:
+        return self._sets.setdefault(task, {}) if self.per_task else self._shared
+
+
 def unroll(problem: Problem, params0: Params, stages: Sequence[Stage], hp: InnerHParams,
            create_graph: bool = False) -> tuple[Params, list[Params], list[_Record]]:
-    """Run every stage's inner steps on a parameter dict; return final params, per-stage encoder snapshots, records."""
+    """Run every stage's inner steps on a parameter dict.
+
+    Returns the final params, each stage's ending values of its own parameters (encoder + head), and the
+    per-step records the finite-difference chains walk back through.
+    """
     params = dict(params0)
-    bufs: dict[str, torch.Tensor | None] = {n: b.clone() for n, b in hp.momentum_buffers.items()}
+    buffers = _MomentumBuffers(hp)
     snapshots: list[Params] = []
     records: list[_Record] = []
     for si, stage in enumerate(stages):
         anchor = {n: params[n] for n in stage.anchored}
+        bufs = buffers.of(stage.task)
         for batch, xi in zip(stage.batches, stage.lrs, strict=True):
             if create_graph:
                 theta = {n: params[n] for n in stage.names}
@@ -84,7 +110,7 @@ def unroll(problem: Problem, params0: Params, stages: Sequence[Stage], hp: Inner
                 grads = [g.detach() for g in grads]
                 records.append(_Record(si, theta, batch, xi))
             params.update(_inner_step(theta, grads, stage, anchor, xi, hp, bufs))
-        snapshots.append({n: params[n] for n in stage.anchored})
+        snapshots.append({n: params[n] for n in stage.names})
     return params, snapshots, records
 
 
@@ -110,6 +136,9 @@ def hypergradient(method: str, problem: Problem, params: Params, stages: Sequenc
                   fd_eps: float = FD_EPS) -> HypergradResult:
     """d/dA of the summed validation loss after the unrolled stages. ``fd_eps``: DARTS' 0.01 (/||u||).
 
+    ``val_on`` chooses the encoder each task is validated on (its own last stage's, or the final one) for
+    the chained methods; ``stagewise`` always validates each stage on what that stage produced.
+
     ReLU networks are only piecewise smooth: at DARTS' eps the central differences also see kinks the
     exact (autograd) chain ignores, so the two agree closely on larger batches and exactly as eps -> 0.
     """
@@ -130,6 +159,8 @@ def hypergradient(method: str, problem: Problem, params: Params, stages: Sequenc
         total, per_task = _val_objective(problem, final, own, val_batches)
         grads = torch.autograd.grad(total, hypers, allow_unused=True)
         return HypergradResult(_grad_or_zero(grads, hypers), float(total.detach()), per_task)
+    if method == "stagewise":
+        return _stagewise(problem, params, stages, val_batches, hp, hypers, fd_eps)
     return _finite_difference(problem, params, stages, val_batches, hp, val_on, hypers, fd_eps)
 
 
@@ -155,48 +186,98 @@ def _finite_difference(problem: Problem, params: Params, stages: Sequence[Stage]
         own_adjoint[own_idx[k]] = dict(zip(names, rest[offset : offset + len(names)], strict=True))
         offset += len(names)
 
-    by_stage: dict[int, list[_Record]] = {}
-    for rec in records:
-        by_stage.setdefault(rec.stage, []).append(rec)
+    by_stage = _records_by_stage(records)
+    earliest = records[0] if records else None
     for si in reversed(range(len(stages))):
         stage = stages[si]
         for name, v in own_adjoint.get(si, {}).items():
             u[name] = u[name] + v
         anchor_adjoint = {n: torch.zeros_like(u[n]) for n in stage.anchored} if hp.lam else {}
         for rec in reversed(by_stage.get(si, [])):
-            u_theta = [u[n] for n in stage.names]
-            hvp, mixed = _central_difference(problem, rec, stage, u_theta, hypers, fd_eps)
-            for h, m in zip(g_hyper, mixed, strict=True):
-                h.sub_(rec.xi * m)
-            for n, hv in zip(stage.names, hvp, strict=True):
-                u_old = u[n]
-                delta = hv + hp.weight_decay * u_old
-                if hp.lam and n in anchor_adjoint:
-                    delta = delta + hp.lam * u_old
-                    anchor_adjoint[n] += rec.xi * hp.lam * u_old
-                u[n] = u_old - rec.xi * delta
+            # the adjoint before the chain's first step is never used: skip the theta part there
+            _backstep(problem, rec, stage, u, g_hyper, hypers, hp, fd_eps, anchor_adjoint,
+                      need_theta=rec is not earliest)
         for n, a in anchor_adjoint.items():
             u[n] = u[n] + a
     return HypergradResult(g_hyper, float(total.detach()), per_task)
 
 
+def _records_by_stage(records: Sequence[_Record]) -> dict[int, list[_Record]]:
+    by_stage: dict[int, list[_Record]] = {}
+    for rec in records:
+        by_stage.setdefault(rec.stage, []).append(rec)
+    return by_stage
+
+
+def _backstep(problem: Problem, rec: _Record, stage: Stage, u: Params, g_hyper: list[torch.Tensor],
+              hypers: list[torch.Tensor], hp: InnerHParams, fd_eps: float, anchor_adjoint: Params,
+              need_theta: bool) -> None:
+    """One inner step backwards: ``g_A -= xi * mixed``; then, if needed, ``u <- u - xi (H u + wd u + lam u)``."""
+    u_theta = [u[n] for n in stage.names]
+    hvp, mixed = _central_difference(problem, rec, stage, u_theta, hypers, fd_eps, need_theta)
+    for h, m in zip(g_hyper, mixed, strict=True):
+        h.sub_(rec.xi * m)
+    if not need_theta:
+        return
+    for n, hv in zip(stage.names, hvp, strict=True):
+        u_old = u[n]
+        delta = hv + hp.weight_decay * u_old
+        if hp.lam and n in stage.anchored:
+            delta = delta + hp.lam * u_old
+            if n in anchor_adjoint:
+                anchor_adjoint[n] += rec.xi * hp.lam * u_old
+        u[n] = u_old - rec.xi * delta
+
+
+def _stagewise(problem: Problem, params: Params, stages: Sequence[Stage], val_batches: Sequence[Any],
+               hp: InnerHParams, hypers: list[torch.Tensor], fd_eps: float) -> HypergradResult:
+    """Sum over stages of each stage's own DARTS hypergradient; what a stage was handed is a constant."""
+    _, snaps, records = unroll(problem, params, stages, hp, create_graph=False)
+    by_stage = _records_by_stage(records)
+    g_hyper = _zeros_like_all(hypers)
+    last_loss: dict[int, float] = {}
+    for si, stage in enumerate(stages):
+        end = {n: snaps[si][n].detach().requires_grad_(True) for n in stage.names}
+        loss = problem.val_loss({**params, **end}, stage.task, val_batches[stage.task])
+        _check_finite(loss, f"validation loss of task {stage.task} after stage {si}")
+        last_loss[stage.task] = float(loss.detach())
+        grads = torch.autograd.grad(loss, hypers + list(end.values()), allow_unused=True)
+        for h, g in zip(g_hyper, _grad_or_zero(grads[: len(hypers)], hypers), strict=True):
+            h.add_(g)
+        u = dict(zip(end.keys(), _grad_or_zero(grads[len(hypers):], list(end.values())), strict=True))
+        recs = by_stage.get(si, [])
+        for rec in reversed(recs):
+            _backstep(problem, rec, stage, u, g_hyper, hypers, hp, fd_eps, {}, need_theta=rec is not recs[0])
+    per_task = [last_loss[k] for k in range(len(val_batches))]
+    return HypergradResult(g_hyper, sum(per_task), per_task)
+
+
 def _central_difference(problem: Problem, rec: _Record, stage: Stage, u_theta: list[torch.Tensor],
-                        hypers: list[torch.Tensor], fd_eps: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """``(Hess_theta L u, d/dA <grad_theta L, u>)`` from gradients at ``theta +- eps u`` (DARTS' eps = 0.01/||u||)."""
+                        hypers: list[torch.Tensor], fd_eps: float, need_theta: bool = True
+                        ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``(Hess_theta L u, d/dA <grad_theta L, u>)`` from gradients at ``theta +- eps u`` (DARTS' eps = 0.01/||u||).
+
+    With ``need_theta=False`` only A's gradient is taken (no weight gradients: a cheaper backward pass)
+    and the Hessian-vector part comes back empty.
+    """
     norm = math.sqrt(sum(float((v * v).sum()) for v in u_theta))
     if norm == 0.0:
-        return _zeros_like_all(u_theta), _zeros_like_all(hypers)
+        return (_zeros_like_all(u_theta) if need_theta else []), _zeros_like_all(hypers)
     eps = fd_eps / norm
     sides = []
     for sign in (1.0, -1.0):
-        theta = {n: (rec.theta[n] + sign * eps * v).requires_grad_(True)
-                 for n, v in zip(stage.names, u_theta, strict=True)}
+        with torch.no_grad():
+            theta = {n: rec.theta[n] + sign * eps * v for n, v in zip(stage.names, u_theta, strict=True)}
+        wrt = hypers
+        if need_theta:
+            theta = {n: t.requires_grad_(True) for n, t in theta.items()}
+            wrt = list(theta.values()) + hypers
         loss = problem.train_loss(theta, stage.task, rec.batch)
-        g = torch.autograd.grad(loss, list(theta.values()) + hypers, allow_unused=True)
-        sides.append(_grad_or_zero(g, list(theta.values()) + hypers))
+        sides.append(_grad_or_zero(torch.autograd.grad(loss, wrt, allow_unused=True), wrt))
     plus, minus = sides
     diff = [(p - m) / (2 * eps) for p, m in zip(plus, minus, strict=True)]
-    return diff[: len(u_theta)], diff[len(u_theta):]
+    n_theta = len(u_theta) if need_theta else 0
+    return diff[:n_theta], diff[n_theta:]
 
 
 def _check_finite(loss: torch.Tensor, what: str) -> None:

@@ -44,12 +44,18 @@ class Stage:
 
 @dataclass
 class InnerHParams:
-    """The inner optimizer every method imitates: SGD with momentum and weight decay, plus the proximity term."""
+    """The inner optimizer every method imitates: SGD with momentum and weight decay, plus the proximity term.
+
+    ``momentum_buffers``: one buffer per parameter name (``optimizer_state: shared``).
+    ``task_momentum_buffers``: one set per model k (``per_model``); when given, a stage of task k continues
+    from (and updates) model k's set, and ``momentum_buffers`` is ignored.
+    """
 
     momentum: float = 0.9
     weight_decay: float = 3e-4
     lam: float = 0.0
     momentum_buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    task_momentum_buffers: dict[int, dict[str, torch.Tensor]] | None = None
 
 
 class SupernetProblem:
