@@ -220,4 +220,4 @@ def test_lfm_search_with_the_generator_resumes_exactly(tmp_path):
     for key in ("alphas_normal", "alphas_reduce"):
         assert torch.equal(a[key], b[key]), key
     assert json.loads(result.alpha_history.read_text())[-1]["class_weights"] == rows[-1]["class_weights"]
-    assert full.history[-1]["val_loss_sum"] == result.history[-1]["val_loss_sum"]
+    assert full.history[-1]["val_loss_mean"] == result.history[-1]["val_loss_mean"]

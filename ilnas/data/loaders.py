@@ -2,15 +2,21 @@
 
 One DataLoader iterator lives for the whole search (never a fresh iterator per step). The
 batch order is a pure function of ``(seed, batches consumed)``, so a checkpoint stores one integer
-and a resumed run sees exactly the batches an uninterrupted one would.
+and a resumed run sees exactly the batches an uninterrupted one would. Random augmentation is, too:
+each batch is fetched under a torch RNG seeded by ``(seed, batch number)`` (the caller's RNG is given back
+untouched in the main process, and workers are reseeded per batch), and the loader has a generator of its
+own, so neither a resumption nor the number of workers changes a single pixel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader, Dataset, Sampler
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data._utils.collate import default_collate
 
 
 class _EndlessBatches(Sampler[list[int]]):
@@ -22,7 +28,8 @@ class _EndlessBatches(Sampler[list[int]]):
     def per_cycle(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        """Batches of ``(batch number, dataset index)``: the number seeds the batch's augmentation."""
         cycle, pos = divmod(self.start, self.per_cycle)
         while True:
             if self.shuffle:
@@ -30,8 +37,31 @@ class _EndlessBatches(Sampler[list[int]]):
             else:
                 order = np.arange(self.n)
             for b in range(pos, self.per_cycle):
-                yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+                number = cycle * self.per_cycle + b
+                yield [(number, int(i)) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
             cycle, pos = cycle + 1, 0
+
+
+class _SeededFetch(Dataset):
+    """Fetches one batch with the torch RNG seeded by ``(stream seed, batch number)``."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list[Any]:
+        seed = int(np.random.SeedSequence([self.seed, keys[0][0]]).generate_state(1)[0])
+        if get_worker_info() is not None:  # a worker's RNG is its own: reseeding it is enough
+            torch.manual_seed(seed)
+            return [self.dataset[i] for _, i in keys]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return [self.dataset[i] for _, i in keys]
 
 
 class CyclingLoader:
@@ -56,8 +86,10 @@ class CyclingLoader:
         if self._it is None:
             sampler = _EndlessBatches(len(self.dataset), self.batch_size, self.seed, self.shuffle,
                                       self.drop_last, self.consumed)
-            self._it = iter(DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                                       pin_memory=self.pin_memory))
+            self._it = iter(DataLoader(_SeededFetch(self.dataset, self.seed), batch_sampler=sampler,
+                                       num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                       collate_fn=default_collate,
+                                       generator=torch.Generator().manual_seed(self.seed)))
         batch = next(self._it)
         self.consumed += 1
         return batch

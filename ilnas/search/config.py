@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ilnas.data.spec import TaskConfig, default_digits_tasks
-from ilnas.utils.checks import check_device_name
+from ilnas.utils.checks import check_classes, check_device_name
 
-HYPERGRAD_METHODS = ("first_order", "finite_difference", "exact")
+HYPERGRAD_METHODS = ("first_order", "finite_difference", "stagewise", "exact")
 
 
 class LFMConfig(BaseModel):
@@ -41,8 +41,15 @@ class SearchConfig(BaseModel):
     rounds: int = Field(default=1, ge=1)
     inner_steps: int = Field(default=1, ge=1)
     lam: float = Field(default=0.0, ge=0)
-    val_on: Literal["final", "own"] = "final"
-    hypergrad: Literal["first_order", "finite_difference", "exact"] = "finite_difference"
+    val_on: Literal["own", "final"] = Field(
+        default="own", description="own: each model validates the encoder it produced in the last round (the "
+        "published reading); final: every model validates the final encoder (retention)")
+    optimizer_state: Literal["per_model", "shared"] = Field(
+        default="per_model", description="per_model: each of the K models keeps its own SGD momentum (the encoder "
+        "handed to model k continues with model k's); shared: one optimizer state for all")
+    hypergrad: Literal["first_order", "finite_difference", "stagewise", "exact"] = Field(
+        default="finite_difference", description="first_order | finite_difference (chained through every stage) | "
+        "stagewise (per-stage DARTS hypergradient, summed; the published reading) | exact (autograd; for tests)")
     fd_eps: float = Field(default=0.01, gt=0, description="central-difference step, divided by the adjoint norm")
 
     epochs: int = Field(default=10, ge=1)
@@ -50,13 +57,21 @@ class SearchConfig(BaseModel):
     batch_size: int = Field(default=64, ge=2)
     val_fraction: float = Field(default=0.5, gt=0, lt=1)
     warmup_epochs: int = Field(default=0, ge=0)
+    eval_bn_images: int = Field(
+        default=512, ge=16, description="training images per task whose statistics recalibrate BatchNorm "
+        "before each evaluation (a fixed, seeded subset)")
+    early_stop_skips: int | None = Field(
+        default=None, ge=1, description="stop the search once the derived normal cell has this many skip "
+        "connections (DARTS+; off when null)")
 
     channels: int = Field(default=8, ge=2)
-    cells: int = Field(default=5, ge=1)
+    cells: int = Field(default=5, ge=3, description="cells of the supernet; >= 3 so that it has the two "
+                       "reduction cells (at cells//3 and 2*cells//3) whose alphas are derived")
     nodes: int = Field(default=4, ge=1)
     multiplier: int | None = Field(default=None, ge=1)
     stem_multiplier: int = Field(default=3, ge=1)
-    partial_channels: int = Field(default=1, ge=1)
+    partial_channels: int = Field(default=1, ge=1, description="PC-DARTS q: 1/q of the channels per edge; "
+                                  "must divide channels")
 
     w_lr: float = Field(default=0.025, gt=0)
     w_lr_min: float = Field(default=0.001, ge=0)
@@ -67,7 +82,7 @@ class SearchConfig(BaseModel):
     a_betas: tuple[float, float] = (0.5, 0.999)
     a_weight_decay: float = Field(default=1e-3, ge=0)
 
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     device: str = "auto"
     amp: bool = True
     deterministic: bool = False
@@ -96,7 +111,18 @@ class SearchConfig(BaseModel):
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique, got {names}")
+        for task in tasks:
+            check_classes(task.dataset, task.classes, task.name)
         return tasks
+
+    @model_validator(mode="after")
+    def _partial_channels_divide(self) -> SearchConfig:
+        # every cell's channel count is channels * 2**r, so dividing `channels` is enough
+        if self.channels % self.partial_channels:
+            divisors = [q for q in range(1, self.channels + 1) if self.channels % q == 0]
+            raise ValueError(f"partial_channels: {self.partial_channels} does not divide channels "
+                             f"({self.channels}); allowed: {divisors}")
+        return self
 
     @property
     def node_multiplier(self) -> int:

@@ -15,21 +15,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ilnas.data.loaders import CyclingLoader
 from ilnas.data.tasks import TaskData, build_task
-from ilnas.search.checkpoint import (
-    CheckpointError,
-    config_differences,
-    load_checkpoint,
-    load_state_file,
-    save_checkpoint,
-)
+from ilnas.search import provenance
+from ilnas.search.checkpoint import CheckpointError, config_differences, load_checkpoint, save_checkpoint
 from ilnas.search.config import SearchConfig
+from ilnas.search.derivation import alphas_payload
+from ilnas.search.evaluation import evaluate
 from ilnas.space.architecture import Architecture
-from ilnas.space.genotype import Genotype
+from ilnas.space.genotype import Genotype, collapse_counts
 from ilnas.space.supernet import Supernet
 from ilnas.strategies import get_strategy
 from ilnas.strategies.base import SearchContext, SearchStrategy
@@ -75,40 +71,6 @@ def _build_tasks(config: SearchConfig) -> list[TaskData]:
     return tasks
 
 
-@torch.no_grad()
-def evaluate(model: Supernet, arch: Architecture, tasks: list[TaskData], device: torch.device,
-             batch_size: int) -> dict[str, float]:
-    """Loss and accuracy of every head on its full validation split.
-
-    BatchNorm uses batch statistics, as in the architecture step, on cloned buffers: a supernet's running
-    statistics lag far behind its mixing weights early in a search (eval-mode accuracy sat at chance
-    while training accuracy was 0.97), and evaluating must not move them either.
-    """
-    from torch.func import functional_call
-
-    was_training = model.training
-    model.train()
-    weights = arch()
-    params = dict(model.named_parameters())
-    out: dict[str, float] = {}
-    total = 0.0
-    for k, task in enumerate(tasks):
-        loss_sum, correct, n = 0.0, 0, 0
-        for x, y in DataLoader(task.val, batch_size=batch_size, shuffle=False):
-            x, y = x.to(device), y.to(device)
-            buffers = {name: b.clone() for name, b in model.named_buffers()}
-            logits = functional_call(model, {**params, **buffers}, (x, weights, k)).float()
-            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-            n += len(y)
-        out[f"val_loss/{task.name}"] = loss_sum / n
-        out[f"val_acc/{task.name}"] = correct / n
-        total += loss_sum / n
-    out["val_loss_sum"] = total
-    model.train(was_training)
-    return out
-
-
 def _write_history_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     keys: list[str] = []
     for row in rows:
@@ -139,11 +101,13 @@ class SearchRun:
         self.model = Supernet([t.num_classes for t in self.tasks], first.in_channels, config.channels, config.cells,
                               config.nodes, config.node_multiplier, config.stem_multiplier,
                               config.partial_channels).to(self.device)
-        self.arch = Architecture(config.nodes, edge_normalization=config.partial_channels > 1).to(self.device)
-        self.w_optimizer = torch.optim.SGD(self.model.parameters(), lr=config.w_lr, momentum=config.w_momentum,
-                                           weight_decay=config.w_weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs,
-                                                                    eta_min=config.w_lr_min)
+        self.arch = Architecture(config.nodes, edge_normalization=config.partial_channels > 1,
+                                 multiplier=config.node_multiplier).to(self.device)
+        self.w_optimizers = [torch.optim.SGD(group, lr=config.w_lr, momentum=config.w_momentum,
+                                             weight_decay=config.w_weight_decay) for group in self._weight_groups()]
+        self.w_optimizer = self.w_optimizers[0]
+        self.schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs, eta_min=config.w_lr_min)
+                           for opt in self.w_optimizers]
         pin = self.device.type == "cuda"
         stream = lambda ds, salt: CyclingLoader(ds, config.batch_size, seed=config.seed * 1000 + salt,  # noqa: E731
                                                 num_workers=config.num_workers, pin_memory=pin)
@@ -152,7 +116,7 @@ class SearchRun:
             task_names=[t.name for t in self.tasks], num_classes=[t.num_classes for t in self.tasks],
             train_streams=[stream(t.train, 2 * k) for k, t in enumerate(self.tasks)],
             val_streams=[stream(t.val, 2 * k + 1) for k, t in enumerate(self.tasks)],
-            device=self.device, amp=amp_enabled(self.device, config.amp),
+            device=self.device, amp=amp_enabled(self.device, config.amp), w_optimizers=self.w_optimizers,
         )
         self.ctx.extra["tasks"] = self.tasks
         self.strategy: SearchStrategy = get_strategy(config.strategy)(self.ctx)
@@ -163,9 +127,19 @@ class SearchRun:
         self.ctx.a_optimizer = self.a_optimizer
         self.history: list[dict[str, Any]] = []
         self.alpha_rows: list[dict[str, Any]] = []
+        self.snapshots: list[dict[str, Any]] = []  # raw alphas per epoch, for exact best-epoch derivation
         self.start_epoch = 0
         self.iteration = 0
+        self.stopped_early: int | None = None
         self.initial: dict[str, float] = {}
+
+    def _weight_groups(self) -> list[list[nn.Parameter]]:
+        """One group per model k (encoder + head k) for per-model optimizer state, else one group of all."""
+        if self.config.optimizer_state == "shared" or len(self.tasks) == 1:
+            return [list(self.model.parameters())]
+        named = dict(self.model.named_parameters())
+        return [[named[n] for n in self.model.encoder_names() + self.model.head_names(k)]
+                for k in range(len(self.tasks))]
 
     @property
     def checkpoint_path(self) -> Path:
@@ -179,27 +153,51 @@ class SearchRun:
         longest = max(s.batches_per_epoch for s in self.ctx.train_streams)
         return max(1, math.ceil(longest / (cfg.rounds * cfg.inner_steps)))
 
+    def evaluate(self) -> dict[str, float]:
+        cfg = self.config
+        return evaluate(self.model, self.arch, self.tasks, self.device, cfg.batch_size, cfg.eval_bn_images, cfg.seed)
+
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self, epoch: int) -> dict[str, Any]:
         return {
             "epoch": epoch,
             "iteration": self.iteration,
+            "code_version": provenance.code_version(),
             "config": self.config.model_dump(mode="json"),
             "model": self.model.state_dict(),
             "arch": self.arch.state_dict(),
-            "w_optimizer": self.w_optimizer.state_dict(),
+            "w_optimizers": [o.state_dict() for o in self.w_optimizers],
             "a_optimizer": self.a_optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "schedulers": [s.state_dict() for s in self.schedulers],
             "streams": [s.state_dict() for s in self.ctx.train_streams + self.ctx.val_streams],
             "strategy": self.strategy.state_dict(),
             "rng": rng_state(),
             "history": self.history,
             "alpha_history": self.alpha_rows,
+            "snapshots": self.snapshots,
+            "stopped_early": self.stopped_early,
             "initial": self.initial,
         }
 
-    def load(self, path: Path) -> None:
-        state = load_checkpoint(path, required=("epoch", "config", "model", "arch", "w_optimizer", "a_optimizer"))
+    def _stale(self, path: Path, state: dict[str, Any]) -> bool:
+        """A checkpoint written by other search code is set aside (named in the log), never resumed."""
+        saved = state.get("code_version")
+        current = provenance.code_version()
+        if saved == current:
+            return False
+        aside = path.with_name(f"checkpoint.stale-{saved or 'unknown'}.pt")
+        path.replace(aside)
+        log.warning("%s was written by other search code (code version %s, now %s): set aside as %s and "
+                    "starting over", path, saved, current, aside)
+        return True
+
+    def load(self, path: Path, state: dict[str, Any] | None = None) -> None:
+        """Continue from a checkpoint (``state``: its already-loaded contents)."""
+        state = state if state is not None else load_checkpoint(path)
+        missing = [k for k in ("epoch", "config", "model", "arch", "w_optimizers", "a_optimizer", "schedulers",
+                               "snapshots") if k not in state]
+        if missing:
+            raise CheckpointError(f"{path}: checkpoint lacks {missing}")
         diff = config_differences(state["config"], self.config.model_dump(mode="json"), RESUME_MAY_CHANGE)
         if diff:
             raise CheckpointError(f"{path}: written by a different search config (differs in {diff}); "
@@ -207,64 +205,94 @@ class SearchRun:
         try:
             self.model.load_state_dict(state["model"])
             self.arch.load_state_dict(state["arch"])
-            self.w_optimizer.load_state_dict(state["w_optimizer"])
+            for opt, st in zip(self.w_optimizers, state["w_optimizers"], strict=True):
+                opt.load_state_dict(st)
             self.a_optimizer.load_state_dict(state["a_optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            for sched, st in zip(self.schedulers, state["schedulers"], strict=True):
+                sched.load_state_dict(st)
+            self.strategy.load_state_dict(state.get("strategy", {}))
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{path}: does not match this search space ({exc})") from exc
         for s, st in zip(self.ctx.train_streams + self.ctx.val_streams, state["streams"], strict=True):
             s.load_state_dict(st)
-        self.strategy.load_state_dict(state.get("strategy", {}))
         set_rng_state(state["rng"])
         self.history, self.alpha_rows = list(state["history"]), list(state["alpha_history"])
+        self.snapshots = list(state["snapshots"])
+        self.stopped_early = state.get("stopped_early")
         self.initial = dict(state.get("initial", {}))
         self.start_epoch, self.iteration = int(state["epoch"]) + 1, int(state["iteration"])
-        log.info("resumed from %s at epoch %d", path, self.start_epoch)
+        log.info("resumed from %s at epoch %d", path, self.start_epoch + 1)
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self, resume: bool = True, progress: bool | None = None, callbacks: Sequence[EpochCallback] = (),
             stop_after_epoch: int | None = None) -> SearchResult:
+        """Run the remaining epochs. ``progress``: a tqdm bar (None: only on a TTY); without a bar a
+        progress line is logged at most every ``PROGRESS_EVERY_S`` seconds. Callbacks get ``(epoch, row)``
+        with epochs numbered from 1, as in the history."""
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume and self.checkpoint_path.exists():
-            self.load(self.checkpoint_path)
+            state = load_checkpoint(self.checkpoint_path)
+            if not self._stale(self.checkpoint_path, state):
+                self.load(self.checkpoint_path, state)
         if not self.initial:
-            self.initial = {f"initial_{k}": v for k, v in
-                            evaluate(self.model, self.arch, self.tasks, self.device, cfg.batch_size).items()}
+            self.initial = {f"initial_{k}": v for k, v in self.evaluate().items()}
         n_iter = self.iterations_per_epoch
+        ticker = _ProgressLog(n_iter * cfg.epochs, self.iteration)
         for epoch in range(self.start_epoch, cfg.epochs):
+            if self.stopped_early is not None:
+                break
             started = time.perf_counter()
-            lr = self.scheduler.get_last_lr()[0]
+            lr = self.schedulers[0].get_last_lr()[0]
             update_arch = epoch >= cfg.warmup_epochs
             sums: dict[str, float] = {}
             bar = tqdm(range(n_iter), desc=f"search epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                       disable=(not progress) if progress is not None else None)
+                       disable=(not progress) if progress is not None else None, mininterval=2.0)
             for _ in bar:
                 metrics = self.strategy.step(self.iteration, lr, update_arch)
                 self.iteration += 1
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
-                bar.set_postfix({k.split("/")[0][:10]: f"{v:.3f}" for k, v in metrics.items() if "loss" in k})
-            self.scheduler.step()
-            row: dict[str, Any] = {"epoch": epoch, "lr": lr, "arch_updated": int(update_arch)}
-            row.update({k: v / n_iter for k, v in sorted(sums.items())})
-            row.update(evaluate(self.model, self.arch, self.tasks, self.device, cfg.batch_size))
-            row["epoch_time_s"] = time.perf_counter() - started
-            self.history.append(row)
-            genotype = self.arch.derive()
-            self.alpha_rows.append({"epoch": epoch, **self.arch.softmax_snapshot(), **self.strategy.epoch_extras()})
-            log.info("epoch %d/%d lr %.4f | %s | %s", epoch + 1, cfg.epochs, lr,
-                     " ".join(f"{k}={v:.4f}" for k, v in row.items() if "/" in k or k == "val_loss_sum"),
-                     _genotype_line(genotype))
+                bar.set_postfix({k.split("/")[0][:10]: f"{v:.3f}" for k, v in metrics.items() if "loss" in k},
+                                refresh=False)
+                if bar.disable:
+                    ticker.tick(self.iteration, epoch + 1, cfg.epochs)
+            for sched in self.schedulers:
+                sched.step()
+            row = self._epoch_row(epoch, lr, update_arch, {k: v / n_iter for k, v in sorted(sums.items())}, started)
             last = epoch == cfg.epochs - 1
-            if (epoch + 1) % cfg.checkpoint_every == 0 or last or stop_after_epoch == epoch:
+            if cfg.early_stop_skips and row["skip_edges/normal"] >= cfg.early_stop_skips and not last:
+                self.stopped_early = epoch + 1
+                log.info("early stop after epoch %d: the normal cell has %d skip connections (early_stop_skips %d)",
+                         epoch + 1, row["skip_edges/normal"], cfg.early_stop_skips)
+            if (epoch + 1) % cfg.checkpoint_every == 0 or last or stop_after_epoch == epoch or self.stopped_early:
                 save_checkpoint(self.checkpoint_path, self.state_dict(epoch))
             self._write_history()
             for cb in callbacks:
-                cb(epoch, row)
+                cb(epoch + 1, row)
             if stop_after_epoch == epoch and not last:
                 raise KeyboardInterrupt(f"stopped after epoch {epoch} (stop_after_epoch)")
         return self._finish()
+
+    def _epoch_row(self, epoch: int, lr: float, update_arch: bool, train_means: dict[str, float],
+                   started: float) -> dict[str, Any]:
+        """Evaluate, count collapse, snapshot the alphas; one history row (epoch numbered from 1)."""
+        cfg = self.config
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "arch_updated": int(update_arch), **train_means}
+        row.update(self.evaluate())
+        genotype = self.arch.derive()
+        row.update(collapse_counts(genotype))
+        row["epoch_time_s"] = time.perf_counter() - started
+        self.history.append(row)
+        self.alpha_rows.append({"epoch": epoch + 1, **self.arch.softmax_snapshot(), **self.strategy.epoch_extras()})
+        self.snapshots.append({"epoch": epoch + 1, "val_loss_mean": row["val_loss_mean"],
+                               **self.arch.raw_snapshot()})
+        log.info("epoch %d/%d lr %.4f | val loss %.4f acc %.3f (mean of %d tasks) | param-free edges "
+                 "normal %d/%d reduce %d/%d, skips %d/%d | %.1f s", epoch + 1, cfg.epochs, lr,
+                 row["val_loss_mean"], row["val_acc_mean"], len(self.tasks),
+                 row["param_free_edges/normal"], len(genotype.normal), row["param_free_edges/reduce"],
+                 len(genotype.reduce), row["skip_edges/normal"], row["skip_edges/reduce"], row["epoch_time_s"])
+        return row
 
     def _write_history(self) -> None:
         _write_history_csv(self.out_dir / "history.csv", self.history)
@@ -274,15 +302,15 @@ class SearchRun:
         out = self.out_dir
         genotype = self.arch.derive()
         genotype.to_json(out / "genotype.json")
-        atomic_torch_save(out / "alphas.pt", {
-            "nodes": self.config.nodes, **{k: v.detach().cpu() for k, v in self.arch.state_dict().items()},
-        })
+        atomic_torch_save(out / "alphas.pt", alphas_payload(self.arch, self.snapshots))
         self._write_history()
         final = self.history[-1] if self.history else {}
         metrics = {**self.initial, **{k: v for k, v in final.items() if k != "epoch"},
                    "epochs": len(self.history), "iterations": self.iteration,
+                   "stopped_early_epoch": self.stopped_early,
                    "strategy": self.config.strategy, "hypergrad": self.config.hypergrad}
         atomic_write_json(out / "metrics.json", metrics)
+        log.info("searched genotype: %s", _genotype_line(genotype))
         return SearchResult(genotype=genotype, history=self.history, metrics=metrics, out_dir=out,
                             checkpoint=self.checkpoint_path, alphas=out / "alphas.pt",
                             alpha_history=out / "alpha_history.json", history_csv=out / "history.csv",
@@ -290,23 +318,28 @@ class SearchRun:
                             alpha_rows=self.alpha_rows)
 
 
+PROGRESS_EVERY_S = 10.0
+
+
+class _ProgressLog:
+    """Without a progress bar (not a TTY: a DVC stage, CI), log iterations done / total, elapsed and ETA."""
+
+    def __init__(self, total: int, done: int):
+        self.total, self.start_done = total, done
+        self.started = self.last = time.perf_counter()
+
+    def tick(self, done: int, epoch: int, epochs: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_EVERY_S or done >= self.total:
+            return
+        self.last = now
+        rate = (done - self.start_done) / max(now - self.started, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("nan")
+        log.info("search: iteration %d/%d (epoch %d/%d), %.0f s elapsed, ETA %.0f s",
+                 done, self.total, epoch, epochs, now - self.started, eta)
+
+
 def run_search(config: SearchConfig, out_dir: str | os.PathLike, resume: bool = True, progress: bool | None = None,
                callbacks: Sequence[EpochCallback] = ()) -> SearchResult:
     """Search a cell architecture; resumes from ``out_dir/checkpoint.pt`` when present."""
     return SearchRun(config, out_dir).run(resume=resume, progress=progress, callbacks=callbacks)
-
-
-def derive_genotype_from_file(path: str | os.PathLike) -> Genotype:
-    """Genotype from a search's ``alphas.pt`` (the DARTS rule); errors name the file."""
-    from ilnas.space.genotype import derive_genotype
-
-    path = Path(path)
-    state = load_state_file(path)
-    try:
-        arch = Architecture(int(state["nodes"]), edge_normalization="betas_normal" in state)
-        arch.load_state_dict({k: v for k, v in state.items() if k != "nodes"})
-    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a valid alphas file ({type(exc).__name__}: {exc})") from exc
-    w = arch()
-    return derive_genotype(arch.alphas_normal, arch.alphas_reduce, arch.nodes,
-                           w.get("edge_normal"), w.get("edge_reduce"))

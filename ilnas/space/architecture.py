@@ -20,9 +20,10 @@ class Architecture(nn.Module):
     """Owns ``alphas_{normal,reduce}`` (edges x ops) and, with partial channels, ``betas_{normal,reduce}``."""
 
     def __init__(self, nodes: int = 4, edge_normalization: bool = False, init_scale: float = 1e-3,
-                 num_ops: int = len(PRIMITIVES)):
+                 num_ops: int = len(PRIMITIVES), multiplier: int | None = None):
         super().__init__()
         self.nodes = nodes
+        self.multiplier = multiplier or nodes  # nodes the search cell concatenates: the genotype's concat
         self.edge_normalization = edge_normalization
         edges = num_edges(nodes)
         self.alphas_normal = nn.Parameter(init_scale * torch.randn(edges, num_ops))
@@ -58,7 +59,12 @@ class Architecture(nn.Module):
             return derive_genotype(
                 self.alphas_normal, self.alphas_reduce, steps=self.nodes,
                 edge_weights_normal=w.get("edge_normal"), edge_weights_reduce=w.get("edge_reduce"),
+                multiplier=self.multiplier,
             )
+
+    def raw_snapshot(self) -> dict[str, torch.Tensor]:
+        """Detached copies of every parameter: enough to derive this epoch's genotype exactly later."""
+        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
 
     def softmax_snapshot(self) -> dict[str, list]:
         """Plain-list softmaxed weights: one row of the alpha history."""

@@ -146,12 +146,17 @@ def derive_genotype(
     edge_weights_normal: torch.Tensor | None = None,
     edge_weights_reduce: torch.Tensor | None = None,
     primitives: tuple[str, ...] = PRIMITIVES,
+    multiplier: int | None = None,
 ) -> Genotype:
     """DARTS rule: per node keep the 2 incoming edges whose best non-``none`` op weight is largest.
 
     ``alphas_*`` are raw logits (edges x ops); ``edge_weights_*`` are PC-DARTS' normalized betas
-    (multiplied into the op weights when given).
+    (multiplied into the op weights when given). ``multiplier``: how many of the last nodes the search
+    cell concatenated (default: all ``steps``); the genotype concatenates the same ones.
     """
+    multiplier = steps if multiplier is None else multiplier
+    if not 1 <= multiplier <= steps:
+        raise GenotypeError(f"multiplier: got {multiplier}; allowed: 1..{steps} (the number of nodes)")
 
     def parse(alphas: torch.Tensor, edge_w: torch.Tensor | None) -> tuple[Edge, ...]:
         weights = torch.softmax(alphas.detach().float().cpu(), dim=-1)
@@ -171,7 +176,7 @@ def derive_genotype(
             start += n_in
         return tuple(gene)
 
-    concat = tuple(range(2, 2 + steps))
+    concat = tuple(range(2 + steps - multiplier, 2 + steps))
     return Genotype(
         normal=parse(alphas_normal, edge_weights_normal),
         normal_concat=concat,
@@ -189,3 +194,26 @@ DARTS_V2 = Genotype(
             ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)),
     reduce_concat=(2, 3, 4, 5),
 )
+
+
+PARAMETER_FREE_OPS = ("skip_connect", "max_pool_3x3", "avg_pool_3x3")
+
+
+def collapse_counts(genotype: Genotype) -> dict[str, int]:
+    """Parameter-free and skip edges per cell: DARTS' collapse shows as these counts growing.
+
+    A ``skip_connect`` on a stride-2 edge of the reduction cell (from a cell input) is a factorized
+    reduction with weights, so it is neither parameter-free nor a skip there.
+    """
+    counts: dict[str, int] = {}
+    for cell in ("normal", "reduce"):
+        free = skips = 0
+        for op, idx in getattr(genotype, cell):
+            strided = cell == "reduce" and idx < 2
+            if op == "skip_connect" and strided:
+                continue
+            free += op in PARAMETER_FREE_OPS
+            skips += op == "skip_connect"
+        counts[f"param_free_edges/{cell}"] = free
+        counts[f"skip_edges/{cell}"] = skips
+    return counts

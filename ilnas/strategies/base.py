@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ilnas.data.loaders import CyclingLoader
 from ilnas.hypergrad import InnerHParams, Stage
-from ilnas.search.config import SearchConfig
 from ilnas.space.architecture import Architecture
 from ilnas.space.supernet import Supernet
+
+if TYPE_CHECKING:  # the config is data handed in; importing it here would close a loop through the registry
+    from ilnas.search.config import SearchConfig
 
 
 class SearchDivergedError(FloatingPointError):
@@ -33,6 +35,12 @@ class SearchContext:
     amp: bool = False
     a_optimizer: torch.optim.Optimizer | None = None  # built by the runner over strategy.hyper_parameters()
     extra: dict[str, Any] = field(default_factory=dict)
+    # optimizer_state: per_model -> one SGD per model k (encoder + head k); shared -> [w_optimizer]
+    w_optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
+
+    def optimizer_for(self, task: int) -> torch.optim.Optimizer:
+        """The weight optimizer of model ``task`` (the one shared optimizer when the state is shared)."""
+        return self.w_optimizers[task] if len(self.w_optimizers) > 1 else self.w_optimizer
 
     def batch(self, stream: CyclingLoader) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = stream.next()
@@ -43,16 +51,29 @@ class SearchContext:
 
     def inner_hparams(self, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None
                       ) -> InnerHParams:
-        """The real weight optimizer's settings and momentum buffers, for the virtual steps to imitate."""
-        model, optimizer = model or self.model, optimizer or self.w_optimizer
-        bufs = {}
-        for name, p in model.named_parameters():
-            buf = optimizer.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                bufs[name] = buf.detach()
+        """The real weight optimizer's settings and momentum buffers, for the virtual steps to imitate.
+
+        With per-model optimizers (and no explicit ``optimizer``) the buffers come per task.
+        """
+        model = model or self.model
+
+        def buffers(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+            found = {}
+            for name, p in model.named_parameters():
+                buf = opt.state.get(p, {}).get("momentum_buffer")
+                if buf is not None:
+                    found[name] = buf.detach()
+            return found
+
+        per_task = optimizer is None and len(self.w_optimizers) > 1
+        optimizer = optimizer or self.w_optimizer
         group = optimizer.param_groups[0]
-        return InnerHParams(momentum=group["momentum"], weight_decay=group["weight_decay"],
-                            lam=self.config.lam, momentum_buffers=bufs)
+        hp = InnerHParams(momentum=group["momentum"], weight_decay=group["weight_decay"], lam=self.config.lam)
+        if per_task:
+            hp.task_momentum_buffers = {k: buffers(opt) for k, opt in enumerate(self.w_optimizers)}
+        else:
+            hp.momentum_buffers = buffers(optimizer)
+        return hp
 
 
 class SearchStrategy:
@@ -106,7 +127,7 @@ def train_stages(ctx: SearchContext, stages: list[Stage], arch_weights: dict[str
                  model: Supernet | None = None, optimizer: torch.optim.Optimizer | None = None,
                  loss_fn=None) -> dict[str, float]:
     """The real interleaved weight steps: stage by stage, SGD on L_k^tr + lam/2 ||W - W_prev||^2."""
-    model, optimizer = model or ctx.model, optimizer or ctx.w_optimizer
+    model = model or ctx.model
     loss_fn = loss_fn or nn.functional.cross_entropy
     cfg = ctx.config
     params = dict(model.named_parameters())
@@ -114,9 +135,10 @@ def train_stages(ctx: SearchContext, stages: list[Stage], arch_weights: dict[str
     model.train()
     for stage in stages:
         name = ctx.task_names[stage.task]
+        opt = optimizer or ctx.optimizer_for(stage.task)
         anchor = {n: params[n].detach().clone() for n in stage.anchored} if cfg.lam else {}
         for x, y in stage.batches:
-            optimizer.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             with ctx.autocast():
                 logits = model(x, arch_weights, stage.task)
                 loss = loss_fn(logits.float(), y)
@@ -128,7 +150,7 @@ def train_stages(ctx: SearchContext, stages: list[Stage], arch_weights: dict[str
                     f"non-finite train loss ({float(total.detach())}) at iteration {iteration}, task {name!r}")
             total.backward()
             nn.utils.clip_grad_norm_([params[n] for n in stage.names], cfg.grad_clip)
-            optimizer.step()
+            opt.step()
             metrics[f"train_loss/{name}"] = float(loss.detach())
             metrics[f"train_acc/{name}"] = float((logits.argmax(1) == y).float().mean())
     return metrics

@@ -42,7 +42,6 @@ from torch.utils.data import DataLoader
 
 from ilnas.hypergrad import Stage, hypergradient
 from ilnas.hypergrad.problem import Batch, Params
-from ilnas.search.checkpoint import CheckpointError
 from ilnas.strategies import register_strategy
 from ilnas.strategies._generator import ConditionalVAE
 from ilnas.strategies.base import (
@@ -256,7 +255,7 @@ class LearningFromMistakes(SearchStrategy):
         missing = [k for k in ("w2", "w2_optimizer", "class_weights", "c_optimizer", "initialized")
                    + (("generator", "g_optimizer", "g_rng") if self.generator is not None else ()) if k not in state]
         if missing:
-            raise CheckpointError(f"LFM strategy state in the checkpoint lacks {missing}")
+            raise KeyError(f"LFM strategy state lacks {missing}")  # the runner names the checkpoint file
         self.w2.load_state_dict(state["w2"])
         self.w2_optimizer.load_state_dict(state["w2_optimizer"])
         self.class_weights.load_state_dict(state["class_weights"])

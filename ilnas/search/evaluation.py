@@ -1,0 +1,74 @@
+"""Search evaluation whose numbers do not depend on how the validation set is ordered or batched.
+
+Evaluating a supernet with BatchNorm on batch statistics makes every prediction depend on the other
+images of its batch: on a class-sorted validation split (what an ImageFolder task gives) a batch holds one
+class, and the same supernet measured val accuracy 0.35 instead of 0.99. The supernet's own running
+statistics are no answer either: they were accumulated under earlier mixing weights, so eval mode sits at
+chance early in a search. The standard one-shot NAS remedy is used instead: for the current architecture,
+recalibrate BatchNorm on a fixed, seeded subset of the task's *training* images (cumulative averages over
+the subset, on a copy of the supernet so real statistics never move), then evaluate in eval mode, where
+each image's prediction is independent of the rest. The subset and its batching are fixed by
+``(seed, eval_bn_images, batch_size)``, so the metrics are a function of the weights and the architecture.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from ilnas.data.tasks import TaskData
+from ilnas.space.supernet import Supernet
+
+
+def calibration_subset(task: TaskData, images: int, seed: int) -> Subset:
+    """The fixed, seeded subset of ``task.train`` that BatchNorm statistics are recalibrated on."""
+    n = len(task.train)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return Subset(task.train, order[: min(images, n)].tolist())
+
+
+def recalibrated(model: Supernet, arch_weights: dict[str, torch.Tensor], task: int, calibration: Subset,
+                 batch_size: int, device: torch.device, seed: int) -> Supernet:
+    """A copy of ``model`` whose BatchNorm running statistics are the averages over ``calibration``."""
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+    twin.train()
+    # augmented training images draw from the global RNG: fix it, and give the caller's stream back untouched
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for x, _ in DataLoader(calibration, batch_size=batch_size, shuffle=False):
+            twin(x.to(device), arch_weights, task)
+    return twin.eval()
+
+
+@torch.no_grad()
+def evaluate(model: Supernet, arch: nn.Module, tasks: Sequence[TaskData], device: torch.device, batch_size: int,
+             bn_images: int = 512, seed: int = 0) -> dict[str, float]:
+    """Per-task validation loss and accuracy, and their means over tasks (comparable for any K)."""
+    weights = arch()
+    out: dict[str, float] = {}
+    losses, accs = [], []
+    for k, task in enumerate(tasks):
+        calib = calibration_subset(task, bn_images, seed + k)
+        net = recalibrated(model, weights, k, calib, batch_size, device, seed + k)
+        loss_sum, correct, n = 0.0, 0, 0
+        for x, y in DataLoader(task.val, batch_size=batch_size, shuffle=False):
+            x, y = x.to(device), y.to(device)
+            logits = net(x, weights, k).float()
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            n += len(y)
+        out[f"val_loss/{task.name}"] = loss_sum / n
+        out[f"val_acc/{task.name}"] = correct / n
+        losses.append(loss_sum / n)
+        accs.append(correct / n)
+    out["val_loss_mean"] = sum(losses) / len(losses)
+    out["val_acc_mean"] = sum(accs) / len(accs)
+    return out

@@ -1,0 +1,29 @@
+"""Which code wrote a search checkpoint: a fingerprint of the search's source files.
+
+A checkpoint written by other code must never be resumed: the resumed run would mix two algorithms
+(and DVC reruns the stage precisely because the code changed). The fingerprint covers every package the
+search imports, the same set the search stage lists as DVC dependencies.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+import ilnas
+
+# the ilnas packages a search runs (keep in step with the search stage's deps in dvc.yaml)
+SEARCH_PACKAGES = ("search", "space", "strategies", "hypergrad", "data", "utils")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """sha256 (first 12 hex digits) over the paths and bytes of the search's Python sources."""
+    root = Path(ilnas.__file__).parent
+    digest = hashlib.sha256()
+    files = [root / "__init__.py"] + sorted(p for pkg in SEARCH_PACKAGES for p in (root / pkg).rglob("*.py"))
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
