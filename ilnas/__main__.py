@@ -1,4 +1,4 @@
 """`python -m ilnas`."""
-from ilnas.cli import app
+from ilnas.cli import main
 
-app(prog_name="ilnas")
+main()

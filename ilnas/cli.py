@@ -1,52 +1,57 @@
-"""The ``ilnas`` command line: ``ilnas search``, ``ilnas retrain``, ``ilnas transfer``."""
+"""The ``ilnas`` command line: ``ilnas search``, ``ilnas retrain``, ``ilnas transfer``.
+
+Imports point one way: this module registers the plain functions of the ``commands`` modules, which
+know nothing of it. Every invocation ends through :func:`ilnas.errors.guarded`: a known error (bad
+params, a damaged checkpoint or genotype) prints one block and exits 2 (``--debug``: the traceback).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TypeVar
+from collections.abc import Sequence
+from typing import Any
 
+import click
 import typer
-import yaml
-from pydantic import BaseModel, ValidationError
+from typer.core import TyperGroup
 
-from ilnas.utils.overrides import OverrideError, apply_overrides
+from ilnas.cli_options import DEBUG, VERSION
+from ilnas.errors import debug_enabled, exit_code_of, format_error
+from ilnas.search.commands import search_command
+from ilnas.train.commands import retrain_command, transfer_command
 
-Config = TypeVar("Config", bound=BaseModel)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Interleaving Learning architecture search.")
+class _GuardedGroup(TyperGroup):
+    """The command group: a known error ends as one message block on stderr with its exit code (2: input)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            code = exit_code_of(exc)
+            if code is None or debug_enabled():
+                raise
+            click.echo(format_error("ilnas", exc), err=True)
+            ctx.exit(code)
+
+
+app = typer.Typer(cls=_GuardedGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Interleaving Learning architecture search.")
 
 
 @app.callback()
-def _main() -> None:
+def _main(version: bool = VERSION, debug: bool = DEBUG) -> None:
     """Interleaving Learning architecture search: search, retrain, transfer."""
 
-def load_section(model: type[Config], section: str, path: Path | None, overrides: list[str]) -> Config:
-    """A config from YAML (a bare mapping, or a params.yaml's ``section``) plus ``--set`` overrides.
 
-    Bad input stops here, before any compute, naming the dotted key and what is allowed.
-    """
-    data: dict = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise typer.BadParameter(f"{path}: cannot read config ({exc})") from exc
-        if isinstance(data, dict) and isinstance(data.get(section), dict):
-            data = data[section]
-    try:
-        return model.model_validate(apply_overrides(data, overrides))
-    except OverrideError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    except ValidationError as exc:
-        raise typer.BadParameter("; ".join(
-            f"{'.'.join(str(p) for p in (section, *err['loc']))}: {err['msg']}" for err in exc.errors())) from exc
+app.command("search")(search_command)
+app.command("retrain")(retrain_command)
+app.command("transfer")(transfer_command)
 
 
-# Each sub-package registers its own commands on ``app`` (imported for that side effect).
-from ilnas.search import commands as _search_commands  # noqa: E402,F401
-from ilnas.train import commands as _train_commands  # noqa: E402,F401
+def main(argv: Sequence[str] | None = None) -> Any:
+    """``python -m ilnas`` / ``python -m ilnas.cli``."""
+    return app(args=list(argv) if argv is not None else None, prog_name="ilnas")
 
-if __name__ == "__main__":  # `python -m ilnas.cli`: run the app the sub-commands registered on
-    from ilnas.cli import app as _registered
 
-    _registered()
+if __name__ == "__main__":
+    main()

@@ -6,21 +6,37 @@ settings (``seed``, ``device``, ``tracking``). The shared ``seed``/``device`` ar
 
 ``python -m ilnas.params check params.yaml [-S key.sub=value ...]`` validates a file (exit 2 on error);
 ``python -m ilnas.params show ...`` prints the resolved values. Nothing here imports DVC, Prefect or MLflow.
+
+Checks run in two passes, both before any compute: the schema (types, ranges, cross-field rules, cheap),
+then :func:`check_environment` (data roots exist, timm names are in timm's registries; may import timm).
+The CLI (``ilnas search|retrain|transfer``) validates through this same schema (:func:`load_section`), so a
+top-level ``seed``/``device`` means the same there as in the pipeline.
 """
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ilnas.errors import InputError, guarded, strip_debug_flag
 from ilnas.search.config import SearchConfig
 from ilnas.train.config import RetrainConfig, TransferConfig
-from ilnas.utils.checks import check_device_name
+from ilnas.utils.checks import (
+    check_classes,
+    check_device_name,
+    check_existing_dir,
+    check_seed,
+    check_timm_model,
+    check_timm_optimizer,
+    check_timm_scheduler,
+    did_you_mean,
+)
 from ilnas.utils.overrides import OverrideError
 from ilnas.utils.overrides import apply_overrides as _apply_overrides
 
@@ -28,7 +44,16 @@ SECTIONS_WITH_SEED = ("search", "retrain", "transfer")
 NAMED_GENOTYPES = ("DARTS_V2",)
 
 
-class ParamsError(ValueError):
+# keys older params files may hold, and why they went (an unknown-key error says so instead of "unknown")
+REMOVED_KEYS = {
+    "prepare.export_imagefolder": "removed: the stand-in ImageFolder is always written (data/imagefolder is a "
+                                  "DVC out of 'prepare'); delete the key",
+    "derive.plot": "removed: the cell pictures are always drawn (models/cells is a DVC out of 'derive'); "
+                   "delete the key",
+}
+
+
+class ParamsError(InputError):
     """Invalid pipeline params: every line names the dotted key, the problem and what is allowed."""
 
 
@@ -49,9 +74,6 @@ class PrepareConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    export_imagefolder: bool = Field(
-        default=True, description="write the digits held-out images as an ImageNet-layout ImageFolder "
-        "(the embedded default's stand-in for ImageNet transfer)")
     image_size: int = Field(default=32, ge=8, le=512, description="side of the exported ImageFolder images")
 
 
@@ -62,7 +84,6 @@ class DeriveConfig(BaseModel):
 
     source: Literal["search", "DARTS_V2"] = Field(
         default="search", description="'search' derives from the search's alphas; a named genotype is a baseline")
-    plot: bool = True
 
 
 class DistributedConfig(BaseModel):
@@ -115,6 +136,52 @@ class PipelineParams(BaseModel):
     def _known_device(cls, value: str) -> str:
         return check_device_name(value)
 
+    @field_validator("retrain", "transfer")
+    @classmethod
+    def _train_section(cls, value: RetrainConfig | TransferConfig, info: Any) -> RetrainConfig | TransferConfig:
+        # seeds and class ranges of the training sections (their own schema predates these checks)
+        check_seed(value.seed)
+        task = getattr(value, "task", None)
+        if task is not None:
+            check_classes(task.dataset, task.classes, task.name)
+        return value
+
+
+def check_environment(params: PipelineParams, base: str | Path | None = None,
+                      sections: Sequence[str] = ("search", "retrain", "transfer")) -> PipelineParams:
+    """Checks that look outside the params: data roots exist, timm names are in timm's registries.
+
+    ``base`` is the directory relative roots are resolved against (the project: stages run there);
+    ``sections`` limits the checks (``ilnas search`` need not check the retrain section's names).
+    Raises :class:`ParamsError` listing every problem with its dotted key.
+    """
+    base_dir = Path(base) if base is not None else Path.cwd()
+    problems: list[str] = []
+
+    def check(key: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except ValueError as exc:
+            problems.append(f"{key}: {exc}")
+
+    tasks = [(f"search.tasks[{i}]", t) for i, t in enumerate(params.search.tasks)] if "search" in sections else []
+    if "retrain" in sections:
+        tasks.append(("retrain.task", params.retrain.task))
+    for key, task in tasks:
+        if task.root and not (task.dataset.startswith("cifar") and task.download):
+            check(f"{key}.root", lambda t=task, k=key: check_existing_dir(t.root, f"task {t.name!r} ({k})", base_dir))
+    if params.transfer.data_root and "transfer" in sections:
+        check("transfer.data_root", lambda: check_existing_dir(params.transfer.data_root, "ImageFolder root",
+                                                               base_dir))
+    for section in [s for s in ("retrain", "transfer") if s in sections]:
+        cfg = getattr(params, section)
+        check(f"{section}.model", lambda c=cfg: check_timm_model(c.model))
+        check(f"{section}.opt", lambda c=cfg: check_timm_optimizer(c.opt))
+        check(f"{section}.sched", lambda c=cfg: check_timm_scheduler(c.sched))
+    if problems:
+        raise ParamsError("invalid params:\n  " + "\n  ".join(problems))
+    return params
+
 
 # -- overrides ------------------------------------------------------------------------------------------------
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -148,18 +215,35 @@ def _dotted(loc: Sequence[str | int]) -> str:
 
 
 def format_validation_error(exc: ValidationError, root: type[BaseModel] = PipelineParams) -> str:
-    """One line per problem: ``dotted.key: message (got value); allowed ...``."""
-    lines = []
-    for err in exc.errors():
+    """One line per problem: ``dotted.key: message (got value)``, the allowed values and a "did you mean"."""
+    lines: list[str] = []
+    errors = exc.errors()
+    # a bad top-level seed/device is copied into every section: report it once, at the top level
+    shared = {(err["loc"][0], repr(err.get("input"))) for err in errors if len(err["loc"]) == 1}
+    for err in errors:
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        if len(loc) == 2 and loc[0] in SECTIONS_WITH_SEED and (loc[1], repr(err.get("input"))) in shared:
+            continue
         msg = err["msg"].removeprefix("Value error, ")
+        head = re.match(r"^([A-Za-z_]\w*): ", msg)  # a model-level check names its field: search: cells: ...
+        if head and loc:
+            loc, msg = [*loc, head.group(1)], msg[head.end():]
         line = f"{_dotted(loc)}: {msg}"
         if err["type"] == "extra_forbidden":
             owner = _model_at(root, loc[:-1])
-            if owner is not None:
-                line = f"{_dotted(loc)}: unknown key; allowed keys in {_dotted(loc[:-1])}: {sorted(owner.model_fields)}"
+            removed = REMOVED_KEYS.get(_dotted([p for p in loc if not isinstance(p, int)]))
+            if removed:
+                line = f"{_dotted(loc)}: {removed}"
+            elif owner is not None:
+                line = (f"{_dotted(loc)}: unknown key; allowed keys in {_dotted(loc[:-1])}: "
+                        f"{sorted(owner.model_fields)}." + did_you_mean(str(loc[-1]), owner.model_fields))
         elif err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict | list):
-            line += f" (got {err['input']!r})"
+            if repr(err["input"]) not in line:
+                line += f" (got {err['input']!r})"
+            expected = err.get("ctx", {}).get("expected") if err["type"] == "literal_error" else None
+            if expected:
+                line += did_you_mean(str(err["input"]), [e.strip(" '") for e in
+                                                         expected.replace(" or ", ", ").split(",")])
         lines.append(line)
     return "invalid params:\n  " + "\n  ".join(lines)
 
@@ -176,23 +260,74 @@ def validate_params(data: dict[str, Any] | None, source: str = "params") -> Pipe
         raise ParamsError(f"{source}: {format_validation_error(exc)}") from None
 
 
-def read_params_file(path: str | Path) -> dict[str, Any]:
+def read_yaml_mapping(path: str | Path, what: str = "params file") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; every way it can fail is a :class:`ParamsError` naming it.
+
+    An empty file (or one with only comments) is refused: a pipeline cannot run on it (DVC needs the keys
+    dvc.yaml lists), so ``check`` and the flow must both say so rather than fall back to defaults.
+    """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found") from None
+        raise ParamsError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a directory; give the path of a YAML {what}") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); "
+                          f"a {what} must be UTF-8 YAML") from None
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+        raise ParamsError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if data is None:
+        raise ParamsError(f"{path}: {what} is empty; it must hold the pipeline's sections "
+                          f"(allowed top-level keys: {sorted(PipelineParams.model_fields)}; see params.yaml)")
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
     return data
 
 
-def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> PipelineParams:
-    """Read, override (``key.sub=value``) and validate a params file, before any compute."""
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    return read_yaml_mapping(path, "params file")
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = (),
+                environment: bool = True) -> PipelineParams:
+    """Read, override (``key.sub=value``) and validate a params file, before any compute.
+
+    ``environment``: also run :func:`check_environment` (relative data roots: relative to the working directory,
+    the project, where the stages run; a preset in configs/ names roots relative to the project too).
+    """
     data = apply_overrides(read_params_file(path), overrides)
-    return validate_params(data, source=str(path))
+    params = validate_params(data, source=str(path))
+    return check_environment(params) if environment else params
+
+
+# -- the CLI's view: one section, validated through the whole schema -------------------------------------------
+def load_section(section: str, path: str | Path | None, overrides: Sequence[str] = ()) -> Any:
+    """The ``section`` config for ``ilnas <command> --config FILE -S key=value``, validated like the pipeline.
+
+    ``FILE`` may be a params.yaml (its top-level ``seed``/``device`` flow into the section exactly as in the
+    pipeline) or a bare section mapping. Overrides take the flow's dotted keys (``search.epochs=2``,
+    ``seed=7``); a key without a known top-level prefix is taken relative to the section (``epochs=2``).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = read_yaml_mapping(path, "config file")
+        if not set(data) <= set(PipelineParams.model_fields):  # a bare section mapping
+            data = {section: data}
+    dotted = [item if item.split("=", 1)[0].strip().lstrip("+").split(".")[0].split("[")[0]
+              in PipelineParams.model_fields else f"{section}.{item.lstrip('+')}" for item in overrides]
+    data = apply_overrides(data, dotted)
+    source = str(path) if path is not None else "defaults"
+    if overrides:
+        source += f" with {list(overrides)}"
+    params = validate_params(data, source=source)
+    check_environment(params, sections=(section,))
+    return getattr(params, section)
 
 
 def _main(argv: list[str]) -> int:
@@ -203,11 +338,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("path", nargs="?", default="params.yaml")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    try:
-        params = load_params(args.path, args.overrides)
-    except ParamsError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    params = load_params(args.path, args.overrides)
     if args.command == "show":
         print(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False), end="")
     else:
@@ -218,5 +349,11 @@ def _main(argv: list[str]) -> int:
     return 0
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: a bad file ends as one message block, exit 2 (``--debug``: traceback)."""
+    args = strip_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    return guarded(lambda: _main(args), "python -m ilnas.params")
+
+
 if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))
+    raise SystemExit(main())

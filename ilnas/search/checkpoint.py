@@ -1,4 +1,9 @@
-"""Search checkpoints: everything needed to continue bit-for-bit, written atomically, loaded weights-only."""
+"""Search checkpoints: everything needed to continue bit-for-bit, written atomically, loaded weights-only.
+
+Every file read here (checkpoints, alphas files) has its zip members' CRC-32s verified before
+``torch.load``, which does not check them: a flipped byte is a :class:`CheckpointError` naming the file,
+never a resume from a silently wrong tensor.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,13 @@ from typing import Any
 
 import torch
 
-from ilnas.utils.io import atomic_torch_save
+from ilnas.errors import IntegrityError
+from ilnas.utils.io import atomic_torch_save, verify_zip_members
 
 CHECKPOINT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(IntegrityError, RuntimeError):
     """A checkpoint that cannot be used: the message names the file and what is wrong."""
 
 
@@ -27,9 +33,14 @@ def load_state_file(path: str | os.PathLike) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` of a dict; every failure becomes a CheckpointError naming the file."""
     path = Path(path)
     try:
+        verify_zip_members(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file") from None
+    except IntegrityError as exc:
+        raise CheckpointError(str(exc)) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
         raise CheckpointError(f"{path}: corrupt or unreadable ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict):

@@ -1,4 +1,4 @@
-"""``ilnas search`` (registered on ilnas.cli.app)."""
+"""``ilnas search``: a plain function that ``ilnas.cli`` registers (this module does not import the CLI)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,24 @@ from pathlib import Path
 
 import typer
 
-from ilnas.cli import app, load_section
-from ilnas.search.config import SearchConfig
+from ilnas.cli_options import DEBUG, VERSION, set_option
 
 
-@app.command("search")
 def search_command(
-    config: Path | None = typer.Option(None, "--config", "-c", help="YAML: search section or params.yaml"),
-    set_: list[str] = typer.Option([], "--set", help="override, e.g. --set hypergrad=exact --set epochs=2"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML: params.yaml or a bare search section"),
+    set_: list[str] = set_option("-S search.hypergrad=exact -S seed=7 (or hypergrad=exact)"),
     out: Path = typer.Option(Path("models/search"), "--out", "-o", help="output directory"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from OUT/checkpoint.pt"),
+    version: bool = VERSION,
+    debug: bool = DEBUG,
 ) -> None:
     """Search a cell architecture by interleaving learning (or another registered strategy)."""
+    from ilnas.params import load_section
+
+    cfg = load_section("search", config, set_)  # every check before any compute (and before torch loads)
     from ilnas.search.runner import run_search
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = load_section(SearchConfig, "search", config, set_)
     result = run_search(cfg, out, resume=resume)
     from ilnas import viz
 

@@ -3,14 +3,15 @@
 
 timm's saver pickles ``args`` when given; we pass ``args=None`` and add our own plain-data ``extra``
 (scheduler state, RNG state, history rows, the config as JSON-able dict, the genotype dict).
-Loading never falls back silently: an unreadable, incomplete or mismatched file raises
-:class:`CheckpointError` naming the file and what is wrong.
+Loading never falls back silently: an unreadable, damaged (zip member CRC-32 mismatch: ``torch.load`` does
+not check them), incomplete or mismatched file raises :class:`CheckpointError` naming the file and what is
+wrong. :func:`check_resume` runs the identity check before a run writes anything into its directory.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,15 @@ import torch
 from timm.utils import CheckpointSaver
 from timm.utils.model import get_state_dict, unwrap_model
 
+from ilnas.errors import IntegrityError
+from ilnas.utils.io import verify_zip_members
+
 LAST = "last.pth.tar"
 BEST = "model_best.pth.tar"
 REQUIRED_KEYS = ("epoch", "state_dict", "optimizer", "extra")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(IntegrityError, RuntimeError):
     """A checkpoint that cannot be used to resume or initialise: the message names the file and the problem."""
 
 
@@ -38,6 +42,8 @@ class SafeCheckpointSaver(CheckpointSaver):
                          checkpoint_dir=str(checkpoint_dir), recovery_dir=str(checkpoint_dir),
                          decreasing=False, max_history=max_history)
         self.extra_fn = extra_fn
+        # timm's saver writes tmp<ext> and renames it: a kill between the two leaves that file behind
+        (Path(checkpoint_dir) / f"tmp{self.extension}").unlink(missing_ok=True)
 
     def _save(self, save_path: str, epoch: int, metric: float | None = None) -> None:
         state: dict[str, Any] = {
@@ -62,9 +68,12 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a training checkpoint with ``weights_only=True``; CheckpointError names the file on any problem."""
     path = Path(path)
     try:
+        verify_zip_members(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise CheckpointError(f"{path}: checkpoint file does not exist") from exc
+    except IntegrityError as exc:
+        raise CheckpointError(str(exc)) from None
     except Exception as exc:  # corrupt zip, truncated file, non-weights pickle, ...
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict):
@@ -103,3 +112,22 @@ def config_mismatch(saved: dict[str, Any], current: dict[str, Any], ignore: tupl
 
     walk(saved, current, "")
     return diffs
+
+
+def check_resume(last_path: str | os.PathLike, identity: dict[str, Any], ignore_config: Sequence[str] = ()) -> None:
+    """Refuse to resume ``last_path`` when it belongs to a different run, before the run writes anything.
+
+    The same rule ``fit`` applies when it loads the checkpoint (``ignore_config``: config keys that may differ);
+    called first so that a refused run leaves its directory (config.json, genotype.json) exactly as it was.
+    No checkpoint: nothing to check.
+    """
+    ignore = tuple(f"config.{k}" for k in ignore_config)
+    last_path = Path(last_path)
+    if not last_path.exists():
+        return
+    state = load_checkpoint_file(last_path)
+    saved = state["extra"].get("identity", {}) if isinstance(state.get("extra"), dict) else {}
+    diffs = config_mismatch(saved, identity, ignore=ignore)
+    if diffs:
+        raise CheckpointError(f"{last_path}: checkpoint belongs to a different run: {'; '.join(diffs)}. "
+                              "Use a fresh output directory or resume=False (--no-resume) to start over.")

@@ -22,10 +22,10 @@ import ilnas.nets  # noqa: F401  (registers ilnas_cifar / ilnas_imagenet in timm
 from ilnas.data.tasks import build_task
 from ilnas.nets.profile import count_macs, count_params
 from ilnas.space.genotype import DARTS_V2, Genotype, load_genotype
-from ilnas.train.checkpoint import CheckpointError
+from ilnas.train.checkpoint import LAST, CheckpointError, check_resume
 from ilnas.train.config import RetrainConfig
 from ilnas.train.distributed import setup_distributed
-from ilnas.train.engine import EpochCallback, eval_loader, evaluate, fit
+from ilnas.train.engine import RESUME_IGNORED, EpochCallback, eval_loader, evaluate, fit
 from ilnas.utils.device import seeded
 from ilnas.utils.io import atomic_write_json, atomic_write_text
 
@@ -139,6 +139,8 @@ def retrain(
                 "config": config.model_dump(mode="json"),
                 "genotype": geno.to_dict() if geno is not None else None,
             }
+            if resume:  # a refusal must come before any write into the run directory
+                check_resume(out / "checkpoints" / LAST, identity, RESUME_IGNORED)
             if ctx.is_main:
                 out.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(out / "config.json", config.model_dump_json(indent=2) + "\n")

@@ -19,10 +19,10 @@ from torchvision.datasets import ImageFolder
 
 from ilnas.nets.profile import count_macs, count_params
 from ilnas.space.genotype import Genotype, load_genotype
-from ilnas.train.checkpoint import CheckpointError, load_checkpoint_file
+from ilnas.train.checkpoint import LAST, CheckpointError, check_resume, load_checkpoint_file
 from ilnas.train.config import TransferConfig
 from ilnas.train.distributed import setup_distributed
-from ilnas.train.engine import EpochCallback, eval_loader, evaluate, fit
+from ilnas.train.engine import RESUME_IGNORED, EpochCallback, eval_loader, evaluate, fit
 from ilnas.train.retraining import build_model
 from ilnas.utils.device import seeded
 from ilnas.utils.io import atomic_write_json, atomic_write_text
@@ -97,6 +97,8 @@ def transfer(
             loaded = _load_matching(model, config.checkpoint) if config.checkpoint else 0
             identity = {"kind": "transfer", "config": config.model_dump(mode="json"),
                         "genotype": geno.to_dict() if geno is not None else None}
+            if resume:  # a refusal must come before any write into the run directory
+                check_resume(out / "checkpoints" / LAST, identity, RESUME_IGNORED)
             if ctx.is_main:
                 out.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(out / "config.json", config.model_dump_json(indent=2) + "\n")

@@ -1,0 +1,110 @@
+"""The project's error types and the one wrapper every entry point ends through.
+
+Why: a known error (bad params, a damaged checkpoint or genotype, a diverged run) already carries a
+complete message: what is wrong, which file or key, what is allowed or how to fix it. Wrapping it in a
+traceback hides that message. Every entry point (``ilnas``, ``python -m stages.*``, ``python -m flows.*``,
+``python -m ilnas.params``) therefore runs through :func:`guarded`, which prints the message as one block
+on stderr and exits non-zero: 2 for input errors (the user must change something they gave), 1 for
+failures of a run. ``--debug`` or ``ILNAS_DEBUG=1`` re-raises instead, so the traceback shows. An
+unexpected exception (a bug) is never caught here: its traceback is what a bug report needs.
+
+Error types defined in modules that predate this one (``GenotypeError``, ``ManifestError``,
+``SearchDivergedError``) are recognised by name so that this module imports nothing of the project.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+T = TypeVar("T")
+
+ENV_DEBUG = "ILNAS_DEBUG"
+EXIT_INPUT = 2
+EXIT_FAILURE = 1
+
+
+class IlnasError(Exception):
+    """A known error whose message is complete on its own; ``exit_code`` says how the process ends."""
+
+    exit_code = EXIT_FAILURE
+
+
+class InputError(IlnasError, ValueError):
+    """Something the user gave (params, overrides, a path, a file) cannot be used: exit 2."""
+
+    exit_code = EXIT_INPUT
+
+
+class IntegrityError(InputError):
+    """A file the project wrote was damaged or does not match its recorded content hash."""
+
+
+class RunFailed(IlnasError, RuntimeError):
+    """A run that started from valid input failed for a known reason (divergence, a stage that failed)."""
+
+    exit_code = EXIT_FAILURE
+
+
+# known error types of other modules, by "module.Class" (no imports here: this module must stay a leaf)
+KNOWN_BY_NAME: dict[str, int] = {
+    "ilnas.space.genotype.GenotypeError": EXIT_INPUT,
+    "ilnas.data.prepare.ManifestError": EXIT_INPUT,
+    "ilnas.utils.overrides.OverrideError": EXIT_INPUT,
+    "ilnas.strategies.base.SearchDivergedError": EXIT_FAILURE,
+    "flows.pipeline.StageFailed": EXIT_FAILURE,
+    "builtins.FloatingPointError": EXIT_FAILURE,  # the training loops' non-finite-loss stop (message names epoch)
+}
+
+
+def exit_code_of(exc: BaseException) -> int | None:
+    """The exit code of a known error, or None for an unexpected exception (which keeps its traceback)."""
+    if isinstance(exc, IlnasError):
+        return exc.exit_code
+    for cls in type(exc).__mro__:
+        code = KNOWN_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+        if code is not None:
+            return code
+    return None
+
+
+def debug_enabled(argv: list[str] | None = None) -> bool:
+    """``--debug`` on the command line or ``ILNAS_DEBUG`` set to anything but '', '0', 'false'."""
+    if "--debug" in (sys.argv if argv is None else argv):
+        return True
+    return os.environ.get(ENV_DEBUG, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def format_error(prog: str, exc: BaseException) -> str:
+    """One block: ``<prog>: error: <message>`` (continuation lines indented) and how to see more."""
+    message = str(exc).strip() or type(exc).__name__
+    lines = message.splitlines()
+    body = "\n".join([lines[0], *("  " + line if not line.startswith(" ") else line for line in lines[1:])])
+    return f"{prog}: error: {body}\n  (traceback: rerun with --debug or {ENV_DEBUG}=1)"
+
+
+def fail(prog: str, exc: BaseException) -> NoReturn:
+    """Print ``exc`` as one block on stderr and exit with its code."""
+    code = exit_code_of(exc) or EXIT_FAILURE
+    print(format_error(prog, exc), file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def guarded(fn: Callable[[], T], prog: str) -> T:
+    """Run an entry point's body; a known error ends the process as one block (see the module docstring)."""
+    try:
+        return fn()
+    except Exception as exc:
+        if exit_code_of(exc) is None or debug_enabled():
+            raise
+        fail(prog, exc)
+
+
+def strip_debug_flag(argv: list[str]) -> list[str]:
+    """Remove ``--debug`` from an argument list (setting ``ILNAS_DEBUG``), for parsers that do not know it."""
+    if "--debug" in argv:
+        os.environ[ENV_DEBUG] = "1"
+        return [a for a in argv if a != "--debug"]
+    return argv
