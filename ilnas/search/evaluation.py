@@ -8,7 +8,7 @@ chance early in a search. The standard one-shot NAS remedy is used instead: for 
 recalibrate BatchNorm on a fixed, seeded subset of the task's *training* images (cumulative averages over
 the subset, on a copy of the supernet so real statistics never move), then evaluate in eval mode, where
 each image's prediction is independent of the rest. The subset and its batching are fixed by
-``(seed, eval_bn_images, batch_size)``, so the metrics are a function of the weights and the architecture.
+``(seed, eval_bn_images, batch_size)`` of the search, so the metrics are a function of the weights and the architecture.
 """
 
 from __future__ import annotations
@@ -50,14 +50,18 @@ def recalibrated(model: Supernet, arch_weights: dict[str, torch.Tensor], task: i
 
 @torch.no_grad()
 def evaluate(model: Supernet, arch: nn.Module, tasks: Sequence[TaskData], device: torch.device, batch_size: int,
-             bn_images: int = 512, seed: int = 0) -> dict[str, float]:
-    """Per-task validation loss and accuracy, and their means over tasks (comparable for any K)."""
+             bn_images: int = 512, bn_batch_size: int = 64, seed: int = 0) -> dict[str, float]:
+    """Per-task validation loss and accuracy, and their means over tasks (comparable for any K).
+
+    ``batch_size`` only chunks the validation set (eval mode: it cannot change a number);
+    ``bn_images`` / ``bn_batch_size`` fix the recalibration (the search's training batch size is natural).
+    """
     weights = arch()
     out: dict[str, float] = {}
     losses, accs = [], []
     for k, task in enumerate(tasks):
         calib = calibration_subset(task, bn_images, seed + k)
-        net = recalibrated(model, weights, k, calib, batch_size, device, seed + k)
+        net = recalibrated(model, weights, k, calib, bn_batch_size, device, seed + k)
         loss_sum, correct, n = 0.0, 0, 0
         for x, y in DataLoader(task.val, batch_size=batch_size, shuffle=False):
             x, y = x.to(device), y.to(device)

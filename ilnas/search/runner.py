@@ -155,7 +155,8 @@ class SearchRun:
 
     def evaluate(self) -> dict[str, float]:
         cfg = self.config
-        return evaluate(self.model, self.arch, self.tasks, self.device, cfg.batch_size, cfg.eval_bn_images, cfg.seed)
+        return evaluate(self.model, self.arch, self.tasks, self.device, cfg.batch_size, cfg.eval_bn_images,
+                        bn_batch_size=cfg.batch_size, seed=cfg.seed)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self, epoch: int) -> dict[str, Any]:

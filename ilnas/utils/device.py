@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,11 +24,16 @@ def amp_enabled(device: torch.device, requested: bool = True) -> bool:
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch. ``deterministic`` means it on CUDA too: cuBLAS gets the fixed workspace
+    it needs for reproducible results (set before the first cuBLAS call), cuDNN picks deterministic
+    kernels, and an op without a deterministic implementation raises instead of warning."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
 
 
