@@ -24,10 +24,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tracker("derive", params, {"genotype_source": source, "strategy": params.search.strategy,
                                     "hypergrad": params.search.hypergrad}) as trk:
         trk.log_params(params.derive.model_dump(mode="json"), prefix="derive.")
+        metrics: dict[str, object] = {"source": source}
         if source == "search":
-            from ilnas.search import derive_genotype_from_file
+            from ilnas.search import derive_from_alphas_file
 
-            genotype = derive_genotype_from_file(SEARCH_OUT / "alphas.pt")
+            derived = derive_from_alphas_file(SEARCH_OUT / "alphas.pt", params.derive.select)
+            genotype = derived.genotype
+            metrics.update(select=derived.select, selected_epoch=derived.epoch,
+                           selected_val_loss_mean=derived.val_loss_mean)
+            log.info("derived from the alphas of epoch %s (select: %s)", derived.epoch, derived.select)
         else:
             genotype = getattr(genotypes, source)
         GENOTYPE.parent.mkdir(parents=True, exist_ok=True)
@@ -37,16 +42,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         pictures = figure("cells", v.plot_genotype, genotype, cells) if v is not None else None
         if not pictures:
             (cells / "README.txt").write_text("cell pictures unavailable; see the stage log\n")
-        metrics: dict[str, object] = {"source": source}
+        collapse = genotypes.collapse_counts(genotype)
+        metrics.update(collapse)
         for cell in ("normal", "reduce"):
             ops = Counter(op for op, _ in getattr(genotype, cell))
             metrics[f"{cell}_edges"] = sum(ops.values())
-            metrics[f"{cell}_parametric_edges"] = sum(n for op, n in ops.items() if op not in
-                                                      ("skip_connect", "max_pool_3x3", "avg_pool_3x3"))
+            metrics[f"{cell}_parametric_edges"] = sum(ops.values()) - collapse[f"param_free_edges/{cell}"]
             for op, n in sorted(ops.items()):
                 metrics[f"{cell}_ops/{op}"] = n
         write_metrics("derive", metrics)
-        trk.log_metrics(metrics)
+        trk.log_metrics({k: v for k, v in metrics.items() if v is not None})
         trk.log_artifact(GENOTYPE)
         trk.log_artifact(cells, "cells")
     log.info("genotype: %s", genotype)

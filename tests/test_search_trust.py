@@ -228,3 +228,89 @@ def test_deterministic_means_it():
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     if previous is None:
         os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def test_pcdarts_preset_has_pcdarts_search_settings():
+    from pathlib import Path
+
+    from ilnas.params import load_params
+
+    s = load_params(Path(__file__).parents[1] / "configs" / "cifar_pcdarts.yaml", environment=False).search
+    assert (s.partial_channels, s.batch_size, s.w_lr, s.a_lr, s.warmup_epochs) == (4, 256, 0.1, 6e-4, 15)
+    assert s.channels % s.partial_channels == 0
+
+
+def _imports(path, root) -> set[str]:
+    """Project modules a file imports when imported (``if TYPE_CHECKING:`` blocks are annotations only; an
+    ``if __name__ == "__main__":`` block runs only when the file is the program, never on import)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    guards = ("TYPE_CHECKING", "__name__ == '__main__'")
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and ast.unparse(node.test) in guards
+            for child in node.body for n in ast.walk(child)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+def test_imports_point_down_without_cycles():
+    """flows -> stages -> ilnas, and no import loop among the project's modules (packages count as their
+    ``__init__``, which is where a package-level loop closes)."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    modules = {}
+    for top in ("ilnas", "stages", "flows"):
+        for path in (root / top).rglob("*.py"):
+            parts = path.relative_to(root).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for imported in _imports(path, root):
+            # `import a.b.c` runs a/__init__, a/b/__init__ and a/b/c: every prefix that is a project module
+            pieces = imported.split(".")
+            deps.update(".".join(pieces[:i]) for i in range(1, len(pieces) + 1) if ".".join(pieces[:i]) in modules)
+        deps.discard(name)
+        graph[name] = {d for d in deps if not name.startswith(d + ".")}  # a module's own parent packages
+    rank = {"flows": 2, "stages": 1, "ilnas": 0}
+    upward = [(a, b) for a, deps in graph.items() for b in deps if rank[b.split(".")[0]] > rank[a.split(".")[0]]]
+    assert not upward, f"imports pointing up: {upward}"
+    # Tarjan's strongly connected components: any component with more than one module is a loop
+    index, low, stack, on, loops, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                loops.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not loops, f"import loops: {loops}"
