@@ -36,6 +36,107 @@ def telemetry_off() -> None:
         os.environ.setdefault(key, value)
 
 
+# -- reachability: an unreachable store costs seconds, not MLflow's minutes of HTTP retries ------------------------
+PROBE_TIMEOUT_S = 3.0
+PROBE_ATTEMPTS = 2
+# MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) spend ~4 min per call on a dead server
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+_probes: dict[str, str | None] = {}  # uri -> None when reachable, else why not (once per process)
+_not_logged: list[str] = []
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store cannot be reached: the message names the URI and why."""
+
+
+def bound_http_retries() -> None:
+    """Cap MLflow's HTTP retries and timeout for this process unless the user set them."""
+    for key, value in HTTP_LIMITS.items():
+        os.environ.setdefault(key, value)
+
+
+def _probe_http(uri: str) -> str | None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    reason = "no attempt"
+    for attempt in range(PROBE_ATTEMPTS):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S):
+                return None
+        except urllib.error.HTTPError:
+            return None  # the server answered: reachable (a proxy or an older server without /health)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        if attempt + 1 < PROBE_ATTEMPTS:
+            time.sleep(0.5)
+    return f"{reason} (after {PROBE_ATTEMPTS} attempts of {PROBE_TIMEOUT_S:g} s)"
+
+
+def _lock_path(db: Path) -> Path:
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha1(str(db.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"ilnas-mlflow-{digest}.lock"
+
+
+def _init_sqlite(uri: str, db: Path) -> str | None:
+    """Create (or open) the sqlite store under an exclusive file lock: MLflow's schema migration is not safe
+    when two processes open a new store at once (``alembic_version`` / ``table ... already exists`` races)."""
+    import fcntl
+
+    if db.is_dir():
+        return f"{db} is a directory, not a sqlite file"
+    if not db.parent.is_dir():
+        return f"directory {db.parent} does not exist"
+    with open(_lock_path(db), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - reported as the reason tracking is skipped
+            return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return None
+
+
+def probe_store(uri: str) -> str | None:
+    """None when the store at ``uri`` answers, else the reason; once per process and URI, warning once.
+
+    HTTP(S): ``GET /health`` with a short timeout and bounded attempts. sqlite: the file's directory exists
+    and the store opens (initialised under a file lock). Other schemes are left to MLflow.
+    """
+    if uri in _probes:
+        return _probes[uri]
+    bound_http_retries()
+    reason: str | None = None
+    if uri.startswith(("http://", "https://")):
+        reason = _probe_http(uri)
+    elif uri.startswith("sqlite:///"):
+        reason = _init_sqlite(uri, Path(uri.removeprefix("sqlite:///")))
+    _probes[uri] = reason
+    if reason:
+        log.warning("mlflow start run failed (%s): store unreachable: %s; tracking is skipped for the rest of "
+                    "this process, every output is still written", uri, reason)
+    return reason
+
+
+def note_not_logged(what: str, reason: str) -> None:
+    _not_logged.append(f"{what} ({reason})")
+
+
+def not_logged_summary() -> str:
+    """'' when every run of this process was logged, else one line naming the runs that were not."""
+    if not _not_logged:
+        return ""
+    return "MLflow: not logged: " + "; ".join(dict.fromkeys(_not_logged))
+
+
 def tracking_uri(project_dir: str | Path = ".", configured: str | None = None) -> str:
     """``$MLFLOW_TRACKING_URI`` > ``tracking.uri`` > absolute ``sqlite:///<project>/mlflow.db``.
 
@@ -122,6 +223,7 @@ class StageTracker:
         self.parent_run_id = os.environ.get(ENV_PARENT_RUN_ID) or None
         self.run_id: str | None = None
         self.failures: list[str] = []
+        self.skipped: str | None = None  # why tracking was skipped (store unreachable)
         self._mlflow: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -130,11 +232,22 @@ class StageTracker:
             log.info("tracking disabled (tracking.enabled: false)")
             return self
         telemetry_off()
+        reason = probe_store(self.uri)
+        if reason:
+            self.enabled, self.skipped = False, reason
+            self.failures.append(f"mlflow start run failed ({self.uri}): store unreachable: {reason}"[:500])
+            note_not_logged(f"{self.stage} run", f"{self.uri}: {reason}")
+            return self
         self._safe("start run", self._start)
+        if self.run_id is None and self.failures:
+            note_not_logged(f"{self.stage} run", self.failures[-1])
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self.run_id is None:
+            if self.skipped:
+                log.warning("MLflow: the %s run was not logged (store %s unreachable: %s); its outputs are "
+                            "complete", self.stage, self.uri, self.skipped)
             return
         status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
         if exc is not None:
@@ -233,6 +346,10 @@ class StageTracker:
 def start_parent_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, Any] | None = None,
                      params: Mapping[str, Any] | None = None) -> str:
     """Open the pipeline's parent run through the client API (no global active run in the flow process)."""
+    reason = probe_store(uri)
+    if reason:
+        note_not_logged("pipeline parent run", f"{uri}: {reason}")
+        raise TrackingUnavailable(f"MLflow store {uri} unreachable: {reason}")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
