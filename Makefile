@@ -20,11 +20,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# ARGS: flow options, e.g. make run ARGS="-S search.hypergrad=first_order" or ARGS="--preset configs/cifar.yaml"
+# ARGS: flow options, e.g. make run ARGS="-S search.hypergrad=first_order" or ARGS="--preset configs/darts.yaml";
+# a run with -S / --preset / --name is a DVC experiment (dvc exp show) and leaves params.yaml as it was
 ARGS ?=
 run: $(STAMP)
 	@start=$$(date +%s); \
-	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m flows.pipeline $(ARGS); \
+	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m flows $(ARGS); \
 	rc=$$?; echo "make run: $$(( $$(date +%s) - start )) s wall"; exit $$rc
 
 test: $(STAMP)

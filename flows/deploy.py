@@ -24,6 +24,10 @@ from flows.pipeline import pipeline
 PROJECT = Path(__file__).resolve().parents[1]
 DEFAULT_NAME = "nightly"
 DEFAULT_CRON = "0 3 * * *"
+# a registered deployment is "Not Ready" in the UI until a process serves it: say so, with the command
+NEEDS_SERVE = ("Scheduled runs only start while something serves this deployment: keep the Prefect server "
+               "running and run `python -m flows.deploy --name {name}` (it registers again and serves; the UI "
+               "shows the deployment 'Not Ready' until then).")
 
 
 def build_deployment(name: str = DEFAULT_NAME, cron: str = DEFAULT_CRON, timezone: str | None = None,
@@ -52,10 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.register_only:
         deployment_id = register(args.name, args.cron, args.timezone)
-        print(f"deployment ilnas-pipeline/{args.name} ({deployment_id}) registered with cron {args.cron!r}")
+        print(f"deployment ilnas-pipeline/{args.name} ({deployment_id}) registered with cron {args.cron!r}.\n"
+              f"{NEEDS_SERVE.format(name=args.name)}")
         return 0
     from prefect import serve
 
+    print(f"serving ilnas-pipeline/{args.name} (cron {args.cron!r}): keep this process and the Prefect server "
+          "running; scheduled runs start here (Ctrl-C stops serving, the schedule stays registered)")
     serve(build_deployment(args.name, args.cron, args.timezone))
     return 0
 

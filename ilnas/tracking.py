@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -170,7 +169,9 @@ def get_or_create_experiment(uri: str, name: str) -> str:
     if exp is not None:
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_artifact_location(uri))
+        # a model-training experiment: the MLflow UI then opens on runs and charts (not GenAI traces)
+        return client.create_experiment(name, artifact_location=_artifact_location(uri),
+                                        tags={"mlflow.experimentKind": "custom_model_development"})
     except Exception:  # created concurrently by another process
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -179,7 +180,11 @@ def get_or_create_experiment(uri: str, name: str) -> str:
 
 
 def git_commit(cwd: str | Path = ".") -> str:
-    """Current commit (``+dirty`` suffix when the tree has changes), or 'unknown' outside git."""
+    """Current commit (``+dirty`` suffix when the tree has changes), or 'unknown' outside git.
+
+    Not a run tag (MLflow records ``mlflow.source.git.commit`` itself); kept for callers that label files."""
+    import subprocess
+
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
@@ -188,6 +193,16 @@ def git_commit(cwd: str | Path = ".") -> str:
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def run_identity(stage: str, method: str, k: int, hypergrad: str, seed: int,
+                 experiment: str | None = None) -> tuple[str, dict[str, str]]:
+    """A run name people can read in a list (``search IL K=2 finite_difference seed 0``, plus ``[darts]`` for a
+    DVC experiment) and the tags to filter and group by: ``method``, ``K``, ``hypergrad``, ``seed``,
+    ``dvc_exp`` (``$DVC_EXP_NAME``, set by ``dvc exp run`` and by the flow; ``workspace`` otherwise)."""
+    exp = experiment or os.environ.get("DVC_EXP_NAME") or "workspace"
+    name = f"{stage} {method} K={k} {hypergrad} seed {seed}" + (f" [{exp}]" if exp != "workspace" else "")
+    return name, {"method": method, "K": str(k), "hypergrad": hypergrad, "seed": str(seed), "dvc_exp": exp}
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -213,8 +228,9 @@ class StageTracker:
     """One MLflow run for one stage; every call is best effort (warning naming the failure, no exception)."""
 
     def __init__(self, stage: str, *, enabled: bool = True, experiment: str = "ilnas", uri: str | None = None,
-                 project_dir: str | Path = ".", tags: Mapping[str, Any] | None = None):
+                 project_dir: str | Path = ".", tags: Mapping[str, Any] | None = None, run_name: str | None = None):
         self.stage = stage
+        self.run_name = run_name or stage
         self.enabled = enabled
         self.experiment = experiment
         self.project_dir = Path(project_dir)
@@ -266,8 +282,9 @@ class StageTracker:
             experiment_id = mlflow.tracking.MlflowClient(self.uri).get_run(self.parent_run_id).info.experiment_id
         if experiment_id is None:
             experiment_id = get_or_create_experiment(self.uri, self.experiment)
-        tags = {"stage": self.stage, "git_commit": git_commit(self.project_dir), **self.tags}
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=self.stage, parent_run_id=self.parent_run_id,
+        # the commit is MLflow's own mlflow.source.git.commit (from the entry point's repo), not a tag of ours
+        tags = {"stage": self.stage, **self.tags}
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name, parent_run_id=self.parent_run_id,
                                tags=tags)
         self._mlflow = mlflow
         self.run_id = run.info.run_id
@@ -344,17 +361,24 @@ class StageTracker:
 
 # -- the flow's parent run ---------------------------------------------------------------------------------------
 def start_parent_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, Any] | None = None,
-                     params: Mapping[str, Any] | None = None) -> str:
+                     params: Mapping[str, Any] | None = None, project_dir: str | Path | None = None) -> str:
     """Open the pipeline's parent run through the client API (no global active run in the flow process)."""
     reason = probe_store(uri)
     if reason:
         note_not_logged("pipeline parent run", f"{uri}: {reason}")
         raise TrackingUnavailable(f"MLflow store {uri} unreachable: {reason}")
     from mlflow.tracking import MlflowClient
+    from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
 
     client = MlflowClient(tracking_uri=uri)
     experiment_id = get_or_create_experiment(uri, experiment)
-    run = client.create_run(experiment_id, run_name=run_name, tags={k: str(v) for k, v in (tags or {}).items()})
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+    if project_dir is not None:  # the commit as MLflow records it for fluent runs (the client API does not)
+        git = {"mlflow.source.git.commit": get_git_commit(str(project_dir)),
+               "mlflow.source.git.branch": get_git_branch(str(project_dir)),
+               "mlflow.source.git.repoURL": get_git_repo_url(str(project_dir))}
+        all_tags.update({k: v for k, v in git.items() if v})
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
     if params:
         from mlflow.entities import Param
 

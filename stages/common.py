@@ -8,13 +8,14 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ilnas.params import ParamsError, PipelineParams, load_params
-from ilnas.tracking import StageTracker, telemetry_off
+from ilnas.tracking import StageTracker, run_identity, telemetry_off
 
 log = logging.getLogger("ilnas.stages")
 
@@ -36,9 +37,22 @@ def parse_args(stage: str, argv: Sequence[str] | None = None) -> argparse.Namesp
     return parser.parse_args(argv)
 
 
+# under the flow (ILNAS_LOG_BARE=1) Prefect's logger adds the time and the stage: one prefix per line
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT_BARE = "%(levelname)s %(name)s: %(message)s"
+QUIET_LOGGERS = ("timm.utils.checkpoint_saver",)  # its INFO is a listing of every checkpoint after each epoch
+
+
+def setup_logging() -> None:
+    bare = os.environ.get("ILNAS_LOG_BARE") == "1"
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT_BARE if bare else LOG_FORMAT, datefmt="%H:%M:%S")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def setup(stage: str, argv: Sequence[str] | None = None) -> PipelineParams:
     """Logging, telemetry off, and the validated params; a bad file exits 2 before any compute."""
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {stage} %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     telemetry_off()
     args = parse_args(stage, argv)
     try:
@@ -48,10 +62,31 @@ def setup(stage: str, argv: Sequence[str] | None = None) -> PipelineParams:
         raise SystemExit(2) from None
 
 
+def search_method(params: PipelineParams) -> str:
+    """What the search is, in the words of the papers: DARTS (K = 1, R = 1, lam = 0), IL, or LFM-CW."""
+    s = params.search
+    if s.strategy == "lfm":
+        return "LFM-CW"
+    if len(s.tasks) == 1 and s.rounds == 1 and s.lam == 0:
+        return "DARTS"
+    return "IL" if s.strategy == "interleaving" else s.strategy
+
+
 def tracker(stage: str, params: PipelineParams, tags: Mapping[str, Any] | None = None) -> StageTracker:
+    """The stage's MLflow run: named ``<stage> <method> K=<k> <hypergrad> seed <seed>``, tagged to filter by.
+
+    The store is resolved against ``$DVC_ROOT`` (the repo DVC runs for, also under ``dvc exp run --temp``),
+    so a relative or default store never lands in a temporary experiment copy."""
     t = params.tracking
-    return StageTracker(stage, enabled=t.enabled, experiment=t.experiment, uri=t.uri, project_dir=Path.cwd(),
-                        tags=tags)
+    section = getattr(params, stage, None)
+    seed = getattr(section, "seed", params.seed)
+    name, identity = run_identity(stage, search_method(params), len(params.search.tasks), params.search.hypergrad,
+                                  seed)
+    return StageTracker(stage, enabled=t.enabled, experiment=t.experiment, uri=t.uri,
+                        project_dir=os.environ.get("DVC_ROOT") or Path.cwd(), tags={**identity, **(tags or {})},
+                        run_name=name)
+
+
 
 
 def clean(value: Any) -> Any:
@@ -67,17 +102,30 @@ def clean(value: Any) -> Any:
     return value
 
 
+TIMING_SUFFIXES = ("_time_s", "_per_s", "duration_s")
+
+
+def is_timing(key: str) -> bool:
+    """Wall-clock figures: they differ on every rerun, so they go to MLflow, never into DVC metrics or outs."""
+    return key.endswith(TIMING_SUFFIXES)
+
+
+def without_timings(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if not is_timing(str(k))}
+
+
 def write_metrics(name: str, metrics: Mapping[str, Any]) -> Path:
-    """``metrics/<name>.json`` (a DVC metrics file, ``cache: false``)."""
+    """``metrics/<name>.json`` (a DVC metrics file, ``cache: false``), timings left out."""
     METRICS.mkdir(parents=True, exist_ok=True)
     path = METRICS / f"{name}.json"
-    path.write_text(json.dumps(clean(dict(metrics)), indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(clean(without_timings(metrics)), indent=2, sort_keys=True) + "\n")
     return path
 
 
 def write_rows_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Per-epoch rows as CSV (DVC plots); columns in first-seen order."""
+    """Per-epoch rows as CSV (DVC plots); columns in first-seen order, timings left out."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [without_timings(r) for r in rows]
     keys: list[str] = []
     for row in rows:
         keys.extend(k for k in row if k not in keys)

@@ -66,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         result = retrain(cfg, genotype, RETRAIN_OUT, resume=True, callbacks=[trk.epoch_callback()])
         write_metrics("retrain", result.metrics)
         write_rows_csv(METRICS / "retrain_history.csv", result.history)
-        trk.log_metrics({f"final/{k}": v for k, v in result.metrics.items()})
+        # one name per value: what the epoch series already hold is not logged again
+        per_epoch = {k for row in (getattr(result, "history", None) or []) for k in row}
+        trk.log_metrics({k: v for k, v in result.metrics.items() if k not in per_epoch})
         v = viz()
         if v is not None and result.history:
             keys = [k for k in result.history[0] if "loss" in k or "top1" in k]

@@ -8,6 +8,7 @@ When the search finishes, its files are copied into the DVC out ``models/search/
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -17,12 +18,14 @@ from stages.common import (
     METRICS,
     SEARCH_OUT,
     SEARCH_WORK,
+    clean,
     config_hash,
     figure,
     fresh_dir,
     setup,
     tracker,
     viz,
+    without_timings,
     write_metrics,
     write_rows_csv,
 )
@@ -62,9 +65,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             src = work / name
             if src.exists():
                 shutil.copy2(src, out / name)
+        # the DVC out without wall-clock columns: a rerun with the same result hashes the same (MLflow has them)
+        write_rows_csv(out / "history.csv", result.history)
+        (out / "metrics.json").write_text(json.dumps(clean(without_timings(result.metrics)), indent=2) + "\n")
         write_metrics("search", result.metrics)
         write_rows_csv(METRICS / "search_history.csv", result.history)
-        trk.log_metrics({f"final/{k}": v for k, v in result.metrics.items()})
+        # one name per value: the epoch series already hold the last epoch's numbers; log only the rest
+        per_epoch = {k for row in result.history for k in row}
+        trk.log_metrics({k: v for k, v in result.metrics.items() if k not in per_epoch})
 
         v = viz()
         figures = out / "figures"

@@ -51,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_metrics("transfer", result.metrics)
         history = getattr(result, "history", None) or []
         write_rows_csv(METRICS / "transfer_history.csv", history or [{"epoch": 0}])
-        trk.log_metrics({f"final/{k}": v for k, v in result.metrics.items()})
+        # one name per value: what the epoch series already hold is not logged again
+        per_epoch = {k for row in (getattr(result, "history", None) or []) for k in row}
+        trk.log_metrics({k: v for k, v in result.metrics.items() if k not in per_epoch})
         for name in ("metrics.json", "history.csv", "config.json"):
             if (TRANSFER_OUT / name).exists():
                 trk.log_artifact(TRANSFER_OUT / name)

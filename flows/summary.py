@@ -1,0 +1,47 @@
+"""The run's summary: each stage's headline numbers (from its DVC metrics files) and the markdown table the flow
+publishes as a Prefect artifact and logs to the MLflow parent run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flows.dvc_repo import StageInfo
+
+# the numbers that say how a stage did, most telling first (names the stages write; same meaning for any K)
+KEY_METRICS = ("top1", "val_acc_mean", "val_loss_mean", "normal_parametric_edges", "reduce_parametric_edges",
+               "tasks")
+
+
+def stage_metrics(project: Path, dag: Sequence[StageInfo], stage: str) -> list[tuple[str, float]]:
+    """The KEY_METRICS present in the stage's metrics files, in KEY_METRICS order."""
+    found: list[tuple[str, float]] = []
+    for info in dag:
+        if info.name != stage:
+            continue
+        for rel in info.metrics:
+            try:
+                data = json.loads((project / rel).read_text())
+            except (OSError, ValueError):
+                continue
+            for key in KEY_METRICS:
+                value = data.get(key)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    found.append((key, float(value)))
+    return found
+
+
+def headline(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The parent run's own numbers: wall time per stage that ran (timings live in MLflow, not in DVC)."""
+    return {f"stage_time_s/{r['stage']}": float(r["duration_s"]) for r in rows
+            if r.get("status") in ("ran", "restored") and "duration_s" in r}
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], header: str) -> str:
+    lines = [header, "", "| stage | DVC | attempts | duration (s) | key metrics |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['stage']} | {r['status']} | {r.get('attempts', '')} | {r.get('duration_s', '')} "
+                     f"| {r.get('metric', '')} |")
+    return "\n".join(lines) + "\n"
