@@ -69,12 +69,29 @@ class TrackingConfig(BaseModel):
     log_checkpoints: bool = Field(default=True, description="log final checkpoints as artifacts")
 
 
+class DataDeps(BaseModel):
+    """The directory holding every dataset root a stage reads: ``dvc.yaml`` lists it as that stage's dependency.
+
+    DVC interpolates only single values into ``deps``, so each stage names one directory; every task root
+    of the stage must lie inside it (checked). Digits come with scikit-learn: ``ilnas/data`` (their loader)
+    stands for them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    search: str = Field(default="ilnas/data", min_length=1, description="contains every search.tasks[*].root")
+    retrain: str = Field(default="ilnas/data", min_length=1, description="contains retrain.task.root")
+    transfer: str = Field(default="data/imagefolder", min_length=1,
+                          description="contains transfer.data_root (null: the stand-in data/imagefolder)")
+
+
 class PrepareConfig(BaseModel):
-    """Data preparation: task manifests for the search tasks and the transfer stand-in ImageFolder."""
+    """Data preparation: per-stage task manifests (search, retrain) and the transfer stand-in ImageFolder."""
 
     model_config = ConfigDict(extra="forbid")
 
     image_size: int = Field(default=32, ge=8, le=512, description="side of the exported ImageFolder images")
+    data_deps: DataDeps = Field(default_factory=DataDeps)
 
 
 class DeriveConfig(BaseModel):
@@ -84,16 +101,28 @@ class DeriveConfig(BaseModel):
 
     source: Literal["search", "DARTS_V2"] = Field(
         default="search", description="'search' derives from the search's alphas; a named genotype is a baseline")
+    select: Literal["last", "best_val"] = Field(
+        default="last", description="which epoch's alphas: the last, or those of the epoch with the lowest "
+        "search validation loss (val_loss_mean; the search's validation split, not a test set)")
 
 
 class DistributedConfig(BaseModel):
-    """torchrun scale-out of the retrain stage (DDP; gloo on CPU, nccl on GPU). 1 x 1: a plain process."""
+    """torchrun scale-out of the retrain and transfer stages (DDP; gloo on CPU, nccl on GPU). 1 x 1: one process.
+
+    ``retrain.batch_size`` and ``transfer.batch_size`` are global batches: each of the ``nproc_per_node *
+    nnodes`` processes takes ``batch_size / world_size`` (it must divide), so the recipe's batch and learning
+    rate hold at any world size; ``lr_base_batch`` scales the rate linearly when the global batch grows.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    nproc_per_node: int = Field(default=1, ge=1, description="processes (GPUs) per node")
-    nnodes: int = Field(default=1, ge=1)
+    nproc_per_node: int = Field(default=1, ge=1, description="processes (GPUs) per node, for retrain and transfer")
+    nnodes: int = Field(default=1, ge=1, description="nodes; world size = nproc_per_node * nnodes")
     rdzv_endpoint: str | None = Field(default=None, description="host:port of the rendezvous for nnodes > 1")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
 
 
 class PipelineParams(BaseModel):
@@ -145,6 +174,42 @@ class PipelineParams(BaseModel):
         if task is not None:
             check_classes(task.dataset, task.classes, task.name)
         return value
+
+    @model_validator(mode="after")
+    def _global_batch_divides(self) -> PipelineParams:
+        # batch_size is the global batch of retrain and transfer: it must split evenly over the processes
+        from ilnas.train.config import global_batch_error
+
+        for section in ("retrain", "transfer"):
+            error = global_batch_error(f"{section}.batch_size", getattr(self, section).batch_size,
+                                       self.distributed.world_size)
+            if error:
+                raise ValueError(error)
+        return self
+
+    @model_validator(mode="after")
+    def _roots_inside_data_deps(self) -> PipelineParams:
+        # a root outside its stage's DVC dependency would change without rerunning the stage
+        import posixpath
+
+        def inside(root: str, folder: str) -> bool:
+            root, folder = posixpath.normpath(root), posixpath.normpath(folder)
+            return root == folder or root.startswith(folder.rstrip("/") + "/")
+
+        # (a download: true root is filled from the md5-pinned official release; it may not exist before the
+        # run, so it cannot be a DVC dependency)
+        roots = [(f"search.tasks[{i}].root", t.root, "search") for i, t in enumerate(self.search.tasks)
+                 if not t.download]
+        if not self.retrain.task.download:
+            roots.append(("retrain.task.root", self.retrain.task.root, "retrain"))
+        roots.append(("transfer.data_root", self.transfer.data_root or "data/imagefolder", "transfer"))
+        problems = [f"{key}: {root} lies outside prepare.data_deps.{stage} ({folder}), the directory dvc.yaml "
+                    f"watches for the {stage} stage; allowed: a path inside {folder}"
+                    for key, root, stage in roots
+                    if root and not inside(root, folder := getattr(self.prepare.data_deps, stage))]
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
 
 
 def check_environment(params: PipelineParams, base: str | Path | None = None,

@@ -62,6 +62,33 @@ def setup(stage: str, argv: Sequence[str] | None = None) -> PipelineParams:
         raise SystemExit(2) from None
 
 
+def torchrun_needed(params: PipelineParams) -> bool:
+    """True in the launching process when ``distributed`` asks for more than one process (not yet under torchrun)."""
+    dist = params.distributed
+    return (dist.nproc_per_node > 1 or dist.nnodes > 1) and "LOCAL_RANK" not in os.environ
+
+
+def relaunch_under_torchrun(stage: str, argv: Sequence[str] | None, params: PipelineParams) -> int:
+    """Re-exec ``stages.<stage>`` under torchrun with the ``distributed`` section; returns its exit code."""
+    import subprocess
+    import sys
+
+    dist = params.distributed
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={dist.nproc_per_node}",
+           f"--nnodes={dist.nnodes}"]
+    if dist.nnodes > 1:
+        cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={dist.rdzv_endpoint}"]
+    else:
+        cmd += ["--standalone"]
+    cmd += ["-m", f"stages.{stage}", "--params", parse_args(stage, argv).params]
+    log.info("relaunching under torchrun: %s", " ".join(cmd))
+    return subprocess.call(cmd)
+
+
+def is_rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def search_method(params: PipelineParams) -> str:
     """What the search is, in the words of the papers: DARTS (K = 1, R = 1, lam = 0), IL, or LFM-CW."""
     s = params.search

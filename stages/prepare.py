@@ -1,7 +1,10 @@
 """DVC stage 'prepare': task manifests (data/prepared/) and the transfer stand-in ImageFolder (data/imagefolder/).
 
-The manifests pin which images each task's train/val/test split holds (seeded), so a change in the data
-or the split shows up as a changed DVC out and reruns everything downstream. The ImageFolder holds the
+The manifests pin which images each task's train/val/test split holds and fingerprint the source files:
+``data/prepared/search/tasks/<task>.json`` with the search's seed and val fraction, ``data/prepared/retrain/
+tasks/<task>.json`` with the retrain's. The search and retrain stages load their splits through them
+(fingerprints checked), and the dataset roots are DVC deps (``prepare.data_deps``), so a changed image
+reruns this stage and the stages that read it. The ImageFolder holds the
 digits held-out images in ImageNet layout (train/<class>/, val/<class>/): the embedded default's stand-in
 for ImageNet transfer, so the whole pipeline runs without downloads.
 """
@@ -20,28 +23,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = setup("prepare", argv)
     from ilnas.data.prepare import export_imagefolder, prepare_tasks
 
-    tasks = list(params.search.tasks)
-    if params.retrain.task.name not in {t.name for t in tasks}:
-        tasks.append(params.retrain.task)
-    datasets = sorted({t.dataset for t in tasks})
+    search, retrain = params.search, params.retrain
+    datasets = sorted({t.dataset for t in [*search.tasks, retrain.task]})
     with tracker("prepare", params, {"dataset": ",".join(datasets)}) as trk:
         trk.log_params(params.prepare.model_dump(mode="json"), prefix="prepare.")
-        trk.log_params({"tasks": [t.model_dump(mode="json") for t in tasks], "seed": params.seed,
-                        "val_fraction": params.search.val_fraction})
-        summary = prepare_tasks(tasks, fresh_dir(PREPARED), seed=params.seed,
-                                val_fraction=params.search.val_fraction)
+        out = fresh_dir(PREPARED)
+        # one manifest set per reading stage, each with that stage's own seed and split
+        summaries = {
+            "search": prepare_tasks(list(search.tasks), out / "search", seed=search.seed,
+                                    val_fraction=search.val_fraction),
+            "retrain": prepare_tasks([retrain.task], out / "retrain", seed=retrain.seed,
+                                     val_fraction=retrain.val_fraction),
+        }
+        trk.log_params({f"{stage}.split": {"seed": sm["seed"], "val_fraction": sm["val_fraction"]}
+                        for stage, sm in summaries.items()})
         folder = export_imagefolder(fresh_dir(IMAGEFOLDER), image_size=params.prepare.image_size, seed=params.seed)
-        metrics = {"tasks": len(tasks)}
-        for name, info in (summary.get("tasks", summary) if isinstance(summary, dict) else {}).items():
-            if isinstance(info, dict):
-                metrics.update({f"{name}/{k}": v for k, v in info.items() if isinstance(v, int | float)})
+        metrics: dict = {"tasks": len(search.tasks) + 1}
+        for stage, summary in summaries.items():
+            for name, info in summary["tasks"].items():
+                metrics.update({f"{stage}/{name}/{k}": v for k, v in info.items() if isinstance(v, int | float)})
         if isinstance(folder, dict):
             metrics.update({f"imagefolder/{k}": v for k, v in folder.items() if isinstance(v, int | float)})
         write_metrics("prepare", metrics)
         trk.log_metrics(metrics)
         trk.log_artifact(PREPARED, "prepared")
-    log.info("prepared %d task(s) into %s and %s", len(tasks), PREPARED, IMAGEFOLDER)
+    log.info("prepared the search and retrain manifests into %s and the stand-in into %s", PREPARED, IMAGEFOLDER)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # a known error ends as one message block (exit 2 for bad input)
+    from stages.common import run_main
+
+    run_main(main, "prepare")

@@ -7,19 +7,18 @@ With ``distributed.nproc_per_node`` (or ``nnodes``) > 1 the stage relaunches its
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import Sequence
 
-from ilnas.params import DistributedConfig
 from stages.common import (
     GENOTYPE,
     METRICS,
+    PREPARED,
     RETRAIN_OUT,
     figure,
-    parse_args,
+    is_rank0,
+    relaunch_under_torchrun,
     setup,
+    torchrun_needed,
     tracker,
     viz,
     write_metrics,
@@ -29,41 +28,29 @@ from stages.common import (
 log = logging.getLogger("ilnas.stages.retrain")
 
 
-def _torchrun(params_file: str, dist: DistributedConfig) -> int:
-    """Re-exec this stage under torchrun; returns its exit code."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={dist.nproc_per_node}",
-           f"--nnodes={dist.nnodes}"]
-    if dist.nnodes > 1:
-        cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={dist.rdzv_endpoint}"]
-    else:
-        cmd += ["--standalone"]
-    cmd += ["-m", "stages.retrain", "--params", params_file]
-    log.info("relaunching under torchrun: %s", " ".join(cmd))
-    return subprocess.call(cmd)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     params = setup("retrain", argv)
-    dist = params.distributed
-    if (dist.nproc_per_node > 1 or dist.nnodes > 1) and "LOCAL_RANK" not in os.environ:
-        raise SystemExit(_torchrun(parse_args("retrain", argv).params, dist))
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if torchrun_needed(params):
+        raise SystemExit(relaunch_under_torchrun("retrain", argv, params))
+    rank0 = is_rank0()
     from ilnas.space.genotype import load_genotype
     from ilnas.train import retrain
 
     cfg = params.retrain
     genotype = load_genotype(GENOTYPE)
     if not rank0:  # the other ranks only train
-        retrain(cfg, genotype, RETRAIN_OUT, resume=True)
+        retrain(cfg, genotype, RETRAIN_OUT, resume=True, manifest_dir=PREPARED)
         return
     tags = {"dataset": cfg.task.dataset, "model": cfg.model, "strategy": params.search.strategy,
             "hypergrad": params.search.hypergrad, "lerac": str(cfg.lerac.enabled),
-            "world_size": os.environ.get("WORLD_SIZE", "1")}
+            "world_size": str(params.distributed.world_size), "recipe": cfg.recipe}
     with tracker("retrain", params, tags) as trk:
         trk.log_params(cfg.model_dump(mode="json"), prefix="retrain.")
-        trk.log_params(dist.model_dump(mode="json"), prefix="distributed.")
+        trk.log_params(params.distributed.model_dump(mode="json"), prefix="distributed.")
         # DVC removed models/retrain before this run, so resume only covers a restart inside one stage run
-        result = retrain(cfg, genotype, RETRAIN_OUT, resume=True, callbacks=[trk.epoch_callback()])
+        # the task's splits come through the retrain manifest 'prepare' wrote (fingerprints checked)
+        result = retrain(cfg, genotype, RETRAIN_OUT, resume=True, callbacks=[trk.epoch_callback()],
+                         manifest_dir=PREPARED)
         write_metrics("retrain", result.metrics)
         write_rows_csv(METRICS / "retrain_history.csv", result.history)
         # one name per value: what the epoch series already hold is not logged again
@@ -78,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name in ("metrics.json", "history.csv", "config.json", "genotype.json"):
             if (RETRAIN_OUT / name).exists():
                 trk.log_artifact(RETRAIN_OUT / name)
+        # one set of weights (metrics["weights"]): the final ones, EMA when on -- the checkpoint artifact, the
+        # logged model and what transfer.checkpoint: retrain fine-tunes from are the same tensors
+        trk.set_tags({"weights": result.metrics["weights"]})
         if params.tracking.log_checkpoints:
             trk.log_artifact(result.checkpoint, "checkpoint")
         if params.tracking.log_model and result.model is not None:
@@ -85,5 +75,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("retrain done: top1 %.4f (%s)", result.metrics.get("top1", float("nan")), RETRAIN_OUT)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # a known error ends as one message block (exit 2 for bad input)
+    from stages.common import run_main
+
+    run_main(main, "retrain")

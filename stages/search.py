@@ -16,6 +16,7 @@ from pathlib import Path
 
 from stages.common import (
     METRICS,
+    PREPARED,
     SEARCH_OUT,
     SEARCH_WORK,
     clean,
@@ -37,7 +38,8 @@ FILES = ("alphas.pt", "alpha_history.json", "history.csv", "metrics.json", "geno
 
 def main(argv: Sequence[str] | None = None) -> None:
     params = setup("search", argv)
-    from ilnas.search import run_search
+    from ilnas.data.prepare import load_stage_tasks
+    from ilnas.search import SearchRun
 
     cfg = params.search
     work = SEARCH_WORK / config_hash(cfg.model_dump(mode="json"))
@@ -55,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if (work / "checkpoint.pt").exists():
             log.info("resuming the search from %s", work / "checkpoint.pt")
             trk.set_tags({"resumed": "true"})
-        result = run_search(cfg, work, resume=True, progress=False, callbacks=[on_epoch])
+        # the splits come through the search manifests 'prepare' wrote (fingerprints checked, files named)
+        tasks = load_stage_tasks(PREPARED, "search", list(cfg.tasks), cfg.seed, cfg.val_fraction)
+        result = SearchRun(cfg, work, tasks=tasks).run(resume=True, progress=False, callbacks=[on_epoch])
         for row in result.history:  # epochs finished before a resumption
             if int(row["epoch"]) not in logged:
                 trk.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))

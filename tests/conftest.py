@@ -52,7 +52,7 @@ MICRO_PARAMS = """\
 seed: 0
 device: cpu
 tracking: {enabled: true, experiment: micro, uri: null, log_model: true, log_checkpoints: true}
-prepare: {image_size: 16}
+prepare: {image_size: 16, data_deps: {search: ilnas/data, retrain: ilnas/data, transfer: data/imagefolder}}
 search:
   tasks:
     - {name: a, dataset: digits, classes: [0, 1, 2, 3, 4]}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -392,8 +393,41 @@ def test_manifest_detects_changed_data(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as info:
         load_task_from_manifest(path)
     assert str(path) in str(info.value) and "fingerprint mismatch" in str(info.value)
-    with pytest.raises(ManifestError, match="fingerprints.pool mismatch"):
+    with pytest.raises(ManifestError, match="source_fingerprint mismatch"):
         load_task_from_manifest(path, seed=3)
+
+
+def test_manifest_detects_one_image_rewritten_in_place(tmp_path: Path) -> None:
+    # same files, same labels, same split: only the pixels of one image change. The split fingerprints
+    # cannot see it; the source fingerprint must, or a stage would train on data its manifest does not describe.
+    write_imagefolder(tmp_path / "imgs")
+    cfg = TaskConfig(name="f", dataset="imagefolder", root=str(tmp_path / "imgs"))
+    prepare_tasks([cfg], tmp_path / "p", seed=0, val_fraction=0.5)
+    path = tmp_path / "p" / "tasks" / "f.json"
+    load_task_from_manifest(path)
+    target = tmp_path / "imgs" / "train" / "dog" / "2.png"
+    before = target.stat().st_mtime_ns
+    _png(target, 250)
+    os.utime(target, ns=(before + 10**9, before + 10**9))  # coarse-mtime filesystems: make the rewrite visible
+    with pytest.raises(ManifestError) as info:
+        load_task_from_manifest(path)
+    assert str(path) in str(info.value) and "source_fingerprint mismatch" in str(info.value)
+
+
+def test_stage_manifests_record_their_own_split(tmp_path: Path) -> None:
+    from ilnas.data.prepare import load_stage_tasks, manifest_path
+
+    search_tasks = default_digits_tasks()
+    retrain_task = TaskConfig(name="digits", dataset="digits")
+    prepare_tasks(search_tasks, tmp_path / "search", seed=0, val_fraction=0.5)
+    prepare_tasks([retrain_task], tmp_path / "retrain", seed=7, val_fraction=0.0)
+    m = json.loads(manifest_path(tmp_path, "retrain", "digits").read_text())
+    assert (m["seed"], m["val_fraction"], m["sizes"]["val"]) == (7, 0.0, 0)  # retrain's split, not the search's
+    [data] = load_stage_tasks(tmp_path, "retrain", [retrain_task], seed=7, val_fraction=0.0)
+    assert len(data.val) == 0 and len(data.train) == m["sizes"]["train"]
+    with pytest.raises(ManifestError) as info:  # params changed after prepare ran
+        load_stage_tasks(tmp_path, "retrain", [retrain_task], seed=7, val_fraction=0.1)
+    assert str(manifest_path(tmp_path, "retrain", "digits")) in str(info.value) and "val_fraction" in str(info.value)
 
 
 def test_manifest_tampered_or_corrupt(tmp_path: Path) -> None:

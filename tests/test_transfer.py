@@ -97,3 +97,44 @@ def test_missing_split_names_the_folder(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="val"):
         transfer(small_cfg(), DARTS_V2, tmp_path / "out", data_root=tmp_path)
+
+
+def test_eval_batches_is_a_seeded_random_subset_over_all_classes(tmp_path):
+    from ilnas.train.transfer_eval import eval_subset
+
+    write_imagefolder(tmp_path, 6, {"train": 2, "val": 8})
+    _, val = imagefolder_datasets(tmp_path, small_cfg())
+    sub = eval_subset(val, n_batches=2, batch_size=8, seed=0)  # 16 of 48 class-sorted images
+    labels = [val.targets[i] for i in sub.indices]
+    # the first 2 batches of the sorted folder hold classes 0 and 1 only; a uniform subset reaches (nearly) all
+    assert len(labels) == 16 and len(set(labels)) >= 5
+    assert sub.indices == eval_subset(val, 2, 8, seed=0).indices != eval_subset(val, 2, 8, seed=1).indices
+    m = transfer(small_cfg(epochs=1, eval_batches=2), DARTS_V2, tmp_path / "out", data_root=tmp_path).metrics
+    assert m["eval_images"] == 16 and m["eval_subset"]
+    # the best epoch on the evaluation set is selection on the test set: named so, never the headline
+    assert "best_top1" not in m and "max_epoch_top1_selected_on_test" in m and m["weights"] == "final"
+
+
+def test_one_set_of_weights_from_retrain_to_transfer(tmp_path):
+    from ilnas.data.spec import TaskConfig
+    from ilnas.train import RetrainConfig, retrain
+    from ilnas.train.checkpoint import load_weights
+
+    cfg = RetrainConfig(channels=4, cells=3, epochs=2, batch_size=64, device="cpu", ema=True, ema_decay=0.5,
+                        val_fraction=0.2, task=TaskConfig(name="d3", dataset="digits", classes=[0, 1, 2]))
+    result = retrain(cfg, DARTS_V2, tmp_path / "retrain")
+    m = result.metrics
+    assert m["weights"] == "final_ema" and m["weights_epoch"] == 1 and result.checkpoint.name == "final.pth"
+    state, which = load_weights(result.checkpoint)
+    assert which == "final_ema"
+    model_state = result.model.state_dict()  # what the stage logs to MLflow
+    assert state.keys() == model_state.keys() and all(torch.equal(state[k], model_state[k]) for k in state)
+    # the reported test top-1 belongs to those weights
+    test = retrain.__globals__["build_retrain_data"](cfg)[2]
+    again = evaluate(result.model, eval_loader(test, 64, DistContext()), DistContext(), 3)
+    assert again["top1"] == m["top1"]
+    # transfer.checkpoint: retrain fine-tunes from the same file (stages/transfer.py points at final.pth)
+    write_imagefolder(tmp_path / "folder", 3, {"train": 2, "val": 2})
+    t = transfer(small_cfg(epochs=0, checkpoint=str(result.checkpoint)), DARTS_V2, tmp_path / "transfer",
+                 data_root=tmp_path / "folder").metrics
+    assert t["init_weights"] == "final_ema" and t["fine_tuned_tensors"] > 0

@@ -1,8 +1,11 @@
 """Data preparation: task manifests (which images each split holds) and the stand-in transfer ImageFolder.
 
-A manifest pins a task view: its config, sizes and a sha256 fingerprint of the split indices and
-labels. Written as a DVC out, a change in the data or in the split changes the file, so DVC reruns
-everything downstream; reading it back re-derives the view and refuses one whose fingerprint differs.
+A manifest pins a task view for one stage: its config, that stage's seed and val fraction, sizes, a sha256
+fingerprint of the split indices and labels, and a fingerprint of the source files (``source_fingerprint``:
+the bytes of CIFAR's batch files and of the digits array; path, size and mtime of every ImageFolder file).
+The stages load their splits through :func:`load_stage_tasks`, which re-derives each view and refuses one
+whose data changed since 'prepare' wrote the manifest, naming the manifest file. DVC reruns 'prepare' (and
+the readers) when a dataset root changes, because the roots are dependencies in ``dvc.yaml``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from ilnas.data.spec import TaskConfig
 from ilnas.data.tasks import DIGITS_MEAN, DIGITS_STD, TaskData, TaskView, build_task, seeded_split
 from ilnas.utils.io import atomic_write, atomic_write_json
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 SPLITS = ("train", "val", "test")
 
 
@@ -65,6 +68,47 @@ def task_fingerprints(data: TaskData) -> dict[str, str]:
     }
 
 
+def _hash_file(h: Any, path: Path) -> None:
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def source_fingerprint(cfg: TaskConfig) -> str:
+    """sha256 of the files a task reads: changes when one image changes, not only when the split does.
+
+    digits: the bundled array; CIFAR: the bytes of every batch and meta file; ImageFolder: relative path,
+    size and mtime of every file under the root (hashing ImageNet's bytes on every stage start would take
+    minutes; a file rewritten in place gets a new mtime). DVC hashes the same roots by content.
+    """
+    h = hashlib.sha256(cfg.dataset.encode())
+    if cfg.dataset == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        h.update(np.ascontiguousarray(bunch.images, dtype="<f8").tobytes())
+        h.update(np.ascontiguousarray(bunch.target, dtype="<i8").tobytes())
+        return h.hexdigest()
+    root = Path(cfg.root or ".")
+    if cfg.dataset in ("cifar10", "cifar100"):
+        from ilnas.data.tasks import CIFAR_CLASSES, _cifar_classes
+
+        cls = CIFAR_CLASSES.get(cfg.dataset) or _cifar_classes()[cfg.dataset]
+        for name in sorted([n for n, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]):
+            path = root / cls.base_folder / name
+            if path.is_file():
+                h.update(name.encode())
+                _hash_file(h, path)
+        return h.hexdigest()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            st = path.stat()
+            h.update(f"{path.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def task_manifest(cfg: TaskConfig, data: TaskData, seed: int, val_fraction: float) -> dict[str, Any]:
     """The manifest of one task view (plain JSON data)."""
     fps = task_fingerprints(data)
@@ -84,6 +128,7 @@ def task_manifest(cfg: TaskConfig, data: TaskData, seed: int, val_fraction: floa
         "sizes": {name: len(getattr(data, name)) for name in SPLITS},  # type: ignore[arg-type]
         "fingerprint": fps["all"],
         "fingerprints": fps,
+        "source_fingerprint": source_fingerprint(cfg),
     }
 
 
@@ -122,7 +167,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: corrupt task manifest, not valid JSON ({exc})") from exc
     required = {"manifest_version", "name", "dataset", "root", "classes", "seed", "val_fraction", "fingerprint",
-                "fingerprints", "sizes"}
+                "fingerprints", "sizes", "source_fingerprint"}
     if not isinstance(data, dict) or required - set(data):
         missing = sorted(required - set(data)) if isinstance(data, dict) else sorted(required)
         raise ManifestError(f"{path}: corrupt task manifest, missing field(s) {missing}")
@@ -148,6 +193,10 @@ def load_task_from_manifest(path: str | os.PathLike, seed: int | None = None, va
         raise ManifestError(f"{path}: corrupt task manifest, invalid task ({exc})") from exc
     seed = int(m["seed"]) if seed is None else seed
     val_fraction = float(m["val_fraction"]) if val_fraction is None else val_fraction
+    if source_fingerprint(cfg) != m["source_fingerprint"]:
+        raise ManifestError(
+            f"{path}: source_fingerprint mismatch for task {cfg.name!r} ({cfg.dataset} at {cfg.root}): the files "
+            "changed since 'prepare' wrote this manifest; rerun it (dvc repro reruns it when the root is a dep)")
     data = build_task(cfg, seed=seed, val_fraction=val_fraction, **kwargs)
     fps = task_fingerprints(data)
     same_split = seed == m["seed"] and val_fraction == m["val_fraction"]
@@ -159,6 +208,32 @@ def load_task_from_manifest(path: str | os.PathLike, seed: int | None = None, va
                 f"{path}: {field} mismatch for task {cfg.name!r} ({cfg.dataset} at {cfg.root}): the manifest "
                 f"says {want}, the data gives {got}; the data changed since 'prepare' ran (rerun it)")
     return data
+
+
+def manifest_path(prepared: str | os.PathLike, stage: str, task: str) -> Path:
+    """Where 'prepare' writes the manifest of ``task`` as ``stage`` (search / retrain) splits it."""
+    return Path(prepared) / stage / "tasks" / f"{task}.json"
+
+
+def load_stage_tasks(prepared: str | os.PathLike, stage: str, tasks: list[TaskConfig], seed: int,
+                     val_fraction: float, **kwargs: Any) -> list[TaskData]:
+    """The tasks a stage reads, through the manifests 'prepare' wrote for that stage (fingerprints checked).
+
+    The manifest must describe the same task, seed and val fraction as the stage's params; otherwise the
+    params changed after 'prepare' ran and ManifestError names the file and the differing key.
+    """
+    out: list[TaskData] = []
+    for cfg in tasks:
+        path = manifest_path(prepared, stage, cfg.name)
+        m = read_manifest(path)
+        want = {"dataset": cfg.dataset, "root": cfg.root, "classes": cfg.classes, "seed": seed,
+                "val_fraction": val_fraction}
+        for key, value in want.items():
+            if m[key] != value:
+                raise ManifestError(f"{path}: {key} is {m[key]!r} but {stage} uses {value!r} for task "
+                                    f"{cfg.name!r}; the params changed after 'prepare' ran (rerun it)")
+        out.append(load_task_from_manifest(path, **kwargs))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ ImageFolder export

@@ -20,11 +20,14 @@ from timm.utils import CheckpointSaver
 from timm.utils.model import get_state_dict, unwrap_model
 
 from ilnas.errors import IntegrityError
-from ilnas.utils.io import verify_zip_members
+from ilnas.utils.io import short_reason, verify_zip_members
 
 LAST = "last.pth.tar"
-BEST = "model_best.pth.tar"
+BEST = "model_best.pth.tar"  # no longer written: kept so old run directories can be recognised
 REQUIRED_KEYS = ("epoch", "state_dict", "optimizer", "extra")
+# The one set of weights a run reports, logs and hands on: the last epoch's, its EMA when EMA is on.
+FINAL_WEIGHTS = "final.pth"
+FINAL, FINAL_EMA = "final", "final_ema"
 
 
 class CheckpointError(IntegrityError, RuntimeError):
@@ -75,7 +78,7 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     except IntegrityError as exc:
         raise CheckpointError(str(exc)) from None
     except Exception as exc:  # corrupt zip, truncated file, non-weights pickle, ...
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: cannot read checkpoint ({short_reason(exc)})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a training checkpoint (got {type(state).__name__}, expected a dict)")
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -112,6 +115,41 @@ def config_mismatch(saved: dict[str, Any], current: dict[str, Any], ignore: tupl
 
     walk(saved, current, "")
     return diffs
+
+
+def save_final_weights(path: str | os.PathLike, module: torch.nn.Module, weights: str, epoch: int) -> Path:
+    """The run's result as a weights-only file: ``state_dict``, ``weights`` (final / final_ema) and ``epoch``."""
+    from ilnas.utils.io import atomic_torch_save
+
+    path = Path(path)
+    state = {"state_dict": {k: v.detach().cpu() for k, v in unwrap_model(module).state_dict().items()},
+             "weights": weights, "epoch": int(epoch), "version": 1}
+    return atomic_torch_save(path, state)
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
+    """(state_dict, which) from a final-weights file or a training checkpoint, by the same rule.
+
+    A training checkpoint gives its EMA weights when it has them (``final_ema``), else its model weights:
+    the rule :func:`save_final_weights` follows, so fine-tuning starts from what the run reported.
+    """
+    path = Path(path)
+    try:
+        verify_zip_members(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: weights file does not exist") from exc
+    except IntegrityError as exc:
+        raise CheckpointError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot read weights ({short_reason(exc)})") from exc
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise CheckpointError(f"{path}: not a weights file (expected a dict with 'state_dict')")
+    if "weights" in state:
+        return state["state_dict"], str(state["weights"])
+    if "state_dict_ema" in state:
+        return state["state_dict_ema"], FINAL_EMA
+    return state["state_dict"], FINAL
 
 
 def check_resume(last_path: str | os.PathLike, identity: dict[str, Any], ignore_config: Sequence[str] = ()) -> None:

@@ -1,14 +1,28 @@
 """Retraining and transfer configuration: pydantic models validated before any compute starts.
 
-Defaults are sized for the embedded default (scikit-learn digits, 8x8 grey) so that ``ilnas retrain``
-finishes in about a minute on 2 CPU cores. The paper-scale settings (DARTS / Interleaving Learning,
-CIFAR-10) are: ``channels=36, cells=20, epochs=600, batch_size=96, lr=0.025, weight_decay=3e-4,
-auxiliary=True, auxiliary_weight=0.4, drop_path_rate=0.2, cutout (re_prob) 1.0, grad_clip=5``;
-ImageNet transfer (mobile setting): ``channels=48, cells=14, image_size=224, epochs=250,
-batch_size=128, lr=0.1, label_smoothing=0.1``.
+``recipe`` picks a published training recipe; its values fill every key the config does not set (keys set
+explicitly win, so a test or a CPU run can shorten ``epochs`` and keep the rest of the recipe):
+
+* ``darts`` (retrain): DARTS' CIFAR-10 evaluation recipe -- 600 epochs, global batch 96, SGD lr 0.025
+  cosine to 0, momentum 0.9, weight decay 3e-4 on every parameter (BatchNorm and biases too), grad clip 5,
+  auxiliary head 0.4, drop path 0.2, 4-pixel padded random crop + flip + Cutout 16, the full training set
+  (no held-out split), 36 channels, 20 cells.
+* ``darts`` (transfer): DARTS' ImageNet mobile-setting recipe -- 250 epochs, lr 0.1 for a global batch of
+  128 scaled linearly with the global batch, step decay x0.97 per epoch, weight decay 3e-5 on every
+  parameter, label smoothing 0.1, auxiliary 0.4, random-resized crop + flip + colour jitter, 48 channels,
+  14 cells, 224 px.
+* ``timm``: timm's augmentations (``create_transform``: random-resized crop, RandomErasing, auto-augment,
+  EMA when on) and timm's weight-decay rule (no decay on norms and biases); the library defaults, sized for
+  the embedded default (scikit-learn digits) so ``ilnas retrain`` finishes in about a minute on 2 CPU cores.
+
+Batch semantics: ``batch_size`` is the global batch, summed over all processes; each of the ``world_size``
+processes takes ``batch_size / world_size`` (it must divide). ``lr`` is the rate for ``batch_size`` unless
+``lr_base_batch`` is set, in which case the rate used is ``lr * batch_size / lr_base_batch`` (linear scaling).
 """
 
 from __future__ import annotations
+
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -18,6 +32,51 @@ from ilnas.utils.checks import check_device_name
 
 def _default_task() -> TaskConfig:
     return TaskConfig(name="digits", dataset="digits")
+
+
+Recipe = Literal["darts", "timm"]
+RECIPE_NAMES = ("darts", "timm")
+
+# What each recipe sets when the config does not (DARTS: Liu et al. 2019, section 3.3 / appendix A.2).
+RETRAIN_RECIPES: dict[str, dict[str, Any]] = {
+    "darts": {
+        "epochs": 600, "batch_size": 96, "lr": 0.025, "lr_base_batch": None, "lr_min": 0.0, "sched": "cosine",
+        "warmup_epochs": 0, "opt": "sgd", "momentum": 0.9, "weight_decay": 3e-4, "wd_on_norm_and_bias": True,
+        "grad_clip": 5.0, "auxiliary": True, "auxiliary_weight": 0.4, "drop_path_rate": 0.2, "val_fraction": 0.0,
+        "hflip": 0.5, "cutout": 16, "re_prob": 0.0, "auto_augment": None, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
+        "label_smoothing": 0.0, "ema": False, "channels": 36, "cells": 20,
+    },
+    "timm": {},
+}
+TRANSFER_RECIPES: dict[str, dict[str, Any]] = {
+    "darts": {
+        "epochs": 250, "batch_size": 128, "lr": 0.1, "lr_base_batch": 128, "sched": "step", "decay_epochs": 1.0,
+        "decay_rate": 0.97, "warmup_epochs": 0, "opt": "sgd", "momentum": 0.9, "weight_decay": 3e-5,
+        "wd_on_norm_and_bias": True, "grad_clip": 5.0, "label_smoothing": 0.1, "auxiliary": True,
+        "auxiliary_weight": 0.4, "drop_path_rate": 0.0, "image_size": 224, "crop_pct": 0.875,
+        "train_scale_min": 0.08, "hflip": 0.5, "color_jitter": [0.4, 0.4, 0.4, 0.2], "re_prob": 0.0,
+        "auto_augment": None, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "ema": False, "channels": 48, "cells": 14,
+    },
+    "timm": {},
+}
+
+
+def _fill_recipe(data: Any, recipes: dict[str, dict[str, Any]]) -> Any:
+    """Recipe values for the keys ``data`` does not set (an unknown recipe is left to the field's check)."""
+    if not isinstance(data, dict):
+        return data
+    name = data.get("recipe", "timm")
+    if name not in recipes:
+        return data
+    return {**recipes[name], **data}
+
+
+def global_batch_error(key: str, batch_size: int, world_size: int) -> str | None:
+    """The error message when ``batch_size`` (global) does not split evenly over ``world_size`` processes."""
+    if world_size > 1 and batch_size % world_size:
+        return (f"{key}: {batch_size} is the global batch over {world_size} processes and must divide evenly; "
+                f"allowed: a multiple of {world_size} (each process takes batch_size / world_size)")
+    return None
 
 
 class LeRaCConfig(BaseModel):
@@ -39,14 +98,23 @@ class _TrainCommon(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    recipe: Recipe = Field(default="timm", description="darts | timm: which published recipe fills unset keys")
     epochs: int = Field(default=12, ge=0)
-    batch_size: int = Field(default=64, ge=2)
-    lr: float = Field(default=0.05, gt=0)
+    batch_size: int = Field(default=64, ge=2, description="global batch over all processes (per process: "
+                            "batch_size / world_size)")
+    lr: float = Field(default=0.05, gt=0, description="learning rate for the global batch_size, or for "
+                      "lr_base_batch images when that is set")
+    lr_base_batch: int | None = Field(default=None, ge=1, description="linear scaling: the rate used is "
+                                      "lr * batch_size / lr_base_batch; null: lr as given")
     lr_min: float = Field(default=0.0, ge=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=3e-4, ge=0)
     opt: str = Field(default="sgd", min_length=1, description="timm optimizer name (create_optimizer_v2)")
     sched: str = Field(default="cosine", min_length=1, description="timm scheduler name (create_scheduler_v2)")
+    decay_epochs: float = Field(default=1.0, gt=0, description="step scheduler: epochs between decays")
+    decay_rate: float = Field(default=0.97, gt=0, le=1, description="step scheduler: factor per decay")
+    wd_on_norm_and_bias: bool = Field(default=False, description="decay BatchNorm and bias too (DARTS); "
+                                      "false: timm's rule, no decay on 1-d parameters")
     warmup_epochs: int = Field(default=0, ge=0)
     warmup_lr: float = Field(default=1e-4, ge=0)
 
@@ -59,7 +127,8 @@ class _TrainCommon(BaseModel):
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     mixup_alpha: float = Field(default=0.0, ge=0)
     cutmix_alpha: float = Field(default=0.0, ge=0)
-    re_prob: float = Field(default=0.0, ge=0, le=1, description="random erasing (cutout) probability")
+    re_prob: float = Field(default=0.0, ge=0, le=1, description="timm RandomErasing probability")
+    hflip: float = Field(default=0.5, ge=0, le=1, description="horizontal-flip probability (image datasets)")
     auto_augment: str | None = Field(default=None, description="timm auto-augment policy, e.g. 'rand-m9-mstd0.5'")
     ema: bool = False
     ema_decay: float = Field(default=0.999, gt=0, lt=1)
@@ -84,6 +153,17 @@ class _TrainCommon(BaseModel):
             raise ValueError(f"channels: must be even (reduction cells halve the resolution), got {self.channels}")
         return self
 
+    def effective_lr(self) -> float:
+        """The learning rate the optimizer starts from (``lr``, linearly scaled when ``lr_base_batch`` is set)."""
+        return self.lr * self.batch_size / self.lr_base_batch if self.lr_base_batch else self.lr
+
+    def per_process_batch(self, world_size: int) -> int:
+        """``batch_size / world_size``; ValueError naming the key when it does not divide."""
+        error = global_batch_error("batch_size", self.batch_size, world_size)
+        if error:
+            raise ValueError(error)
+        return self.batch_size // max(world_size, 1)
+
 
 class RetrainConfig(_TrainCommon):
     """Retrain a derived genotype from scratch on a task (CIFAR-style network by default)."""
@@ -92,9 +172,16 @@ class RetrainConfig(_TrainCommon):
     task: TaskConfig = Field(default_factory=_default_task)
     val_fraction: float = Field(
         default=0.1, ge=0, lt=1,
-        description="held out of the training split to pick the best epoch; 0 evaluates on test (DARTS)",
+        description="held out of the training split for per-epoch monitoring; 0: train on the full training "
+        "set and monitor on test (DARTS)",
     )
+    cutout: int = Field(default=0, ge=0, description="Cutout side in pixels (darts recipe; 0: off)")
     lerac: LeRaCConfig = Field(default_factory=LeRaCConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_defaults(cls, data: Any) -> Any:
+        return _fill_recipe(data, RETRAIN_RECIPES)
 
 
 class TransferConfig(_TrainCommon):
@@ -112,10 +199,18 @@ class TransferConfig(_TrainCommon):
     image_size: int = Field(default=32, ge=8, description="paper: 224")
     crop_pct: float = Field(default=0.875, gt=0, le=1)
     train_scale_min: float = Field(default=0.35, gt=0, le=1, description="random-resized-crop scale lower bound")
-    hflip: float = Field(default=0.5, ge=0, le=1)
+    color_jitter: list[float] | None = Field(default=None, min_length=3, max_length=4,
+                                             description="brightness, contrast, saturation[, hue] (darts recipe)")
     in_chans: int = Field(default=3, ge=1)
     channels: int = Field(default=16, ge=2)
     cells: int = Field(default=5, ge=3)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     checkpoint: str | None = Field(default=None, description="initial weights to fine-tune (a retrain checkpoint)")
-    eval_batches: int | None = Field(default=None, ge=1, description="cap on evaluation batches (None: all)")
+    eval_batches: int | None = Field(
+        default=None, ge=1, description="evaluate a seeded random subset of eval_batches * batch_size images "
+        "(every class represented in proportion; None: all)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_defaults(cls, data: Any) -> Any:
+        return _fill_recipe(data, TRANSFER_RECIPES)

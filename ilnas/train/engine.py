@@ -26,18 +26,21 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import AverageMeter, ModelEmaV3, NativeScaler, accuracy, dispatch_clip_grad
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from ilnas.train.checkpoint import (
-    BEST,
+    FINAL,
+    FINAL_EMA,
+    FINAL_WEIGHTS,
     LAST,
     CheckpointError,
     SafeCheckpointSaver,
     config_mismatch,
     load_checkpoint_file,
     load_module_state,
+    save_final_weights,
 )
 from ilnas.train.config import LeRaCConfig, _TrainCommon
 from ilnas.train.distributed import DistContext, all_reduce_sum, barrier
@@ -136,13 +139,17 @@ def write_history_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 @dataclass
 class FitResult:
+    """What ``fit`` trained. One set of weights is the result: ``eval_model`` after the last epoch (its EMA when
+    ``ema`` is on), saved as ``final_weights``; ``weights`` names which (``final`` or ``final_ema``)."""
+
     model: nn.Module
     eval_model: nn.Module  # EMA weights when ema is on, else the model
     history: list[dict[str, Any]]
-    best_metric: float | None
+    best_metric: float | None  # max per-epoch eval top-1: a monitoring figure, never the reported weights
     best_epoch: int | None
     last_checkpoint: Path
-    best_checkpoint: Path | None
+    final_weights: Path
+    weights: str
     resumed_from: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -152,20 +159,28 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def build_optimizer(model: nn.Module, cfg: _TrainCommon, lerac: LeRaCConfig | None):
-    """timm optimizer + scheduler; with LeRaC, one param group per depth group and a wrapping scheduler."""
+    """timm optimizer + scheduler; with LeRaC, one param group per depth group and a wrapping scheduler.
+
+    The starting rate is ``cfg.effective_lr()`` (linear scaling when ``lr_base_batch`` is set); weight decay
+    covers norms and biases only with ``wd_on_norm_and_bias`` (DARTS), else timm's rule skips 1-d tensors.
+    """
+    lr = cfg.effective_lr()
     opt_kwargs: dict[str, Any] = {}
     if cfg.opt.lower() in ("sgd", "nesterov", "momentum"):
         opt_kwargs["momentum"] = cfg.momentum
+    sched_kwargs: dict[str, Any] = {"min_lr": cfg.lr_min, "decay_epochs": cfg.decay_epochs,
+                                    "decay_rate": cfg.decay_rate}
     if lerac is not None and lerac.enabled:
-        params = lerac_param_groups(model, cfg.weight_decay)
-        optimizer = create_optimizer_v2(params, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kwargs)
+        params = lerac_param_groups(model, cfg.weight_decay, decay_all=cfg.wd_on_norm_and_bias)
+        optimizer = create_optimizer_v2(params, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay, **opt_kwargs)
         sched_epochs = max(cfg.epochs - lerac.epochs, 1)
-        sched, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=sched_epochs, min_lr=cfg.lr_min,
-                                       warmup_epochs=0)
-        return optimizer, LeRaCScheduler(optimizer, sched, cfg.lr, lerac.min_ratio, lerac.epochs)
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kwargs)
-    sched, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=max(cfg.epochs, 1), min_lr=cfg.lr_min,
-                                   warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr)
+        sched, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=sched_epochs, warmup_epochs=0,
+                                       **sched_kwargs)
+        return optimizer, LeRaCScheduler(optimizer, sched, lr, lerac.min_ratio, lerac.epochs)
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
+                                    filter_bias_and_bn=not cfg.wd_on_norm_and_bias, **opt_kwargs)
+    sched, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=max(cfg.epochs, 1),
+                                   warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, **sched_kwargs)
     return optimizer, sched
 
 
@@ -220,20 +235,18 @@ def fit(
     else:
         train_loss_fn = nn.CrossEntropyLoss()
 
-    # data order is a pure function of (seed, epoch), so a resumed run sees the same batches
-    if ctx.distributed:
-        sampler: Any = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                          seed=cfg.seed, drop_last=mixup_fn is not None)
-        generator = None
-    else:
-        generator = torch.Generator()
-        sampler = RandomSampler(train_ds, generator=generator)
+    # data order is a pure function of (seed, epoch) and the same permutation for every world size: rank r
+    # takes positions r, r + W, ... so the union of the ranks' k-th batches is the single process's k-th batch
+    batch = cfg.per_process_batch(ctx.world_size)
+    sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=mixup_fn is not None)
     loader_gen = torch.Generator()
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+    train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, num_workers=cfg.num_workers,
                               pin_memory=device.type == "cuda", drop_last=mixup_fn is not None,
                               generator=loader_gen, persistent_workers=False)
     if len(train_loader) == 0:
-        raise ValueError(f"{desc}: no training batches (train set {len(train_ds)} images, batch {cfg.batch_size})")
+        raise ValueError(f"{desc}: no training batches (train set {len(train_ds)} images, batch {cfg.batch_size} "
+                         f"= {batch} per process x {ctx.world_size})")
     val_loader = eval_loader(eval_ds, cfg.batch_size, ctx, cfg.num_workers)
 
     ddp_model: nn.Module = model
@@ -299,10 +312,7 @@ def fit(
         if hasattr(unwrapped, "drop_path_prob"):
             # DARTS: drop-path probability ramps linearly from 0 to the target over the epochs
             unwrapped.drop_path_prob = getattr(unwrapped, "drop_path_rate", 0.0) * epoch / max(cfg.epochs, 1)
-        if ctx.distributed:
-            sampler.set_epoch(epoch)
-        else:
-            generator.manual_seed(cfg.seed * 100003 + epoch)
+        sampler.set_epoch(epoch)
         loader_gen.manual_seed(cfg.seed * 100019 + epoch)
         row: dict[str, Any] = {"epoch": epoch, **_group_lrs(optimizer),
                                "drop_path_prob": float(getattr(unwrapped, "drop_path_prob", 0.0))}
@@ -367,25 +377,30 @@ def fit(
         history.append(row)
         prev_metric = metric
         if saver is not None:
-            saver.save_checkpoint(epoch, metric=metric)
+            saver.save_checkpoint(epoch, metric=None)  # no "best" file: the final weights are the result
             write_history_csv(out_dir / "history.csv", history)
             for cb in callbacks:
                 cb(epoch, dict(row))
         barrier(ctx)
 
     best_metric = best_epoch = None
-    best_path: Path | None = None
     if history:
         best = max(history, key=lambda r: (r["metric"], -r["epoch"]))
         best_metric, best_epoch = best["metric"], best["epoch"]
-        best_path = ckpt_dir / BEST if (ckpt_dir / BEST).exists() else None
+    eval_model = model_ema.module if model_ema is not None else model
+    weights = FINAL_EMA if model_ema is not None else FINAL
+    final_path = out_dir / FINAL_WEIGHTS
+    if ctx.is_main:
+        save_final_weights(final_path, eval_model, weights, epoch=len(history) - 1)
+    barrier(ctx)
     return FitResult(
         model=model,
-        eval_model=model_ema.module if model_ema is not None else model,
+        eval_model=eval_model,
         history=history,
         best_metric=best_metric,
         best_epoch=best_epoch,
         last_checkpoint=last_path,
-        best_checkpoint=best_path,
+        final_weights=final_path,
+        weights=weights,
         resumed_from=resumed_from,
     )

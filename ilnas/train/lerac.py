@@ -31,8 +31,10 @@ def lerac_lr(lr: float, group: int, num_groups: int, epoch: float, min_ratio: fl
     return lr0 * (lr / lr0) ** (epoch / k)
 
 
-def lerac_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def lerac_param_groups(model: nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict[str, Any]]:
     """One optimizer group per depth group (split into decay / no-decay as timm does), tagged ``lerac_group``.
+
+    ``decay_all`` (the DARTS recipe) decays norms and biases too: one group per depth, no no-decay split.
 
     Models with ``depth_groups()`` (ilnas networks) give their own order; others are grouped by their
     top-level children in registration order (stem first, head last for most timm models).
@@ -45,8 +47,8 @@ def lerac_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, 
         groups = [g for g in groups if g]
     out: list[dict[str, Any]] = []
     for j, group in enumerate(groups):
-        decay = [p for n, p in group if p.requires_grad and p.ndim > 1 and not n.endswith(".bias")]
-        no_decay = [p for n, p in group if p.requires_grad and not (p.ndim > 1 and not n.endswith(".bias"))]
+        decay = [p for n, p in group if p.requires_grad and (decay_all or (p.ndim > 1 and not n.endswith(".bias")))]
+        no_decay = [p for n, p in group if p.requires_grad and not any(p is q for q in decay)]
         if decay:
             out.append({"params": decay, "weight_decay": weight_decay, GROUP_KEY: j})
         if no_decay:

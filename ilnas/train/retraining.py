@@ -7,7 +7,6 @@ Runs single-process or under ``torchrun`` (DDP; only rank 0 writes files).
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,9 +18,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import ilnas.nets  # noqa: F401  (registers ilnas_cifar / ilnas_imagenet in timm)
-from ilnas.data.tasks import build_task
+from ilnas.data.prepare import load_stage_tasks
+from ilnas.data.tasks import TaskData, build_task
 from ilnas.nets.profile import count_macs, count_params
 from ilnas.space.genotype import DARTS_V2, Genotype, load_genotype
+from ilnas.train.augment import darts_cifar_transforms, darts_tensor_transform, timm_image_transforms
 from ilnas.train.checkpoint import LAST, CheckpointError, check_resume
 from ilnas.train.config import RetrainConfig
 from ilnas.train.distributed import setup_distributed
@@ -31,9 +32,6 @@ from ilnas.utils.io import atomic_write_json, atomic_write_text
 
 __all__ = ["RetrainResult", "retrain", "build_model", "CheckpointError"]
 
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-
-
 @dataclass
 class RetrainResult:
     """Final metrics (JSON-serialisable) and where the artifacts are."""
@@ -42,7 +40,7 @@ class RetrainResult:
     out_dir: Path
     metrics_json: Path
     history_csv: Path
-    checkpoint: Path  # best checkpoint when there is one, else last
+    checkpoint: Path  # the final weights (EMA when on): what the metrics, the logged model and transfer use
     last_checkpoint: Path
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
     model: nn.Module | None = field(default=None, repr=False)
@@ -72,43 +70,45 @@ class _Augmented(Dataset):
         return self.transform(x.clone()), y
 
 
-def _image_transforms(cfg: RetrainConfig, size: int):
-    """timm's create_transform for 32x32-style natural images (CIFAR: mild random-resized crop + flip)."""
-    from timm.data import create_transform
-
-    train_tf = create_transform(size, is_training=True, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
-                                color_jitter=0.0, auto_augment=cfg.auto_augment, re_prob=cfg.re_prob,
-                                mean=CIFAR_MEAN, std=CIFAR_STD, interpolation="bilinear")
-    eval_tf = create_transform(size, is_training=False, crop_pct=1.0, mean=CIFAR_MEAN, std=CIFAR_STD)
-    return train_tf, eval_tf
+def retrain_transforms(cfg: RetrainConfig, size: int = 32) -> tuple[Any, Any]:
+    """(train, eval) transforms for an image task: the recipe's pipeline with the task dataset's statistics."""
+    if cfg.recipe == "darts":
+        return darts_cifar_transforms(cfg.task.dataset, size, cfg.hflip, cfg.cutout)
+    return timm_image_transforms(cfg.task.dataset, size, cfg.hflip, cfg.auto_augment, cfg.re_prob)
 
 
-def build_retrain_data(cfg: RetrainConfig) -> tuple[Dataset, Dataset, Dataset, int, int, int]:
+def build_retrain_data(cfg: RetrainConfig, manifest_dir: str | os.PathLike | None = None
+                       ) -> tuple[Dataset, Dataset, Dataset, int, int, int]:
     """(train, per-epoch eval, test, num_classes, in_channels, image_size) for the configured task.
 
-    The per-epoch evaluation set is the validation split (``val_fraction`` of the training data) used to
-    pick the best checkpoint; with ``val_fraction=0`` it is the test split (as DARTS reports).
+    ``manifest_dir``: load the splits through the manifest 'prepare' wrote for the retrain stage
+    (fingerprints checked); None builds the task from the config. The per-epoch evaluation set is the
+    validation split (``val_fraction`` of the training data); with ``val_fraction=0`` (darts) the model
+    trains on the full training set and is monitored on the test split, as DARTS reports.
     """
     task = cfg.task
+
+    def load(**kwargs: Any) -> TaskData:
+        if manifest_dir is not None:
+            return load_stage_tasks(manifest_dir, "retrain", [task], cfg.seed, cfg.val_fraction, **kwargs)[0]
+        return build_task(task, seed=cfg.seed, val_fraction=cfg.val_fraction, **kwargs)
+
     if task.dataset == "digits":
         if cfg.auto_augment:
             raise ValueError("auto_augment: digits tasks are pre-normalised 8x8 tensors; auto-augment policies "
                              "need image datasets (cifar10, cifar100, imagefolder)")
-        data = build_task(task, seed=cfg.seed, val_fraction=cfg.val_fraction)
+        data = load()
         train: Dataset = data.train
-        if cfg.re_prob > 0:
+        if cfg.recipe == "darts":
+            train = _Augmented(train, darts_tensor_transform(data.image_size, cfg.hflip, cfg.cutout))
+        elif cfg.re_prob > 0:
             from timm.data.random_erasing import RandomErasing
 
             train = _Augmented(train, RandomErasing(probability=cfg.re_prob, mode="pixel", device="cpu"))
     else:
-        params = inspect.signature(build_task).parameters
-        if "train_transform" not in params:
-            raise ValueError(f"task {task.name!r}: dataset {task.dataset!r} needs build_task(..., train_transform=, "
-                             "eval_transform=) from ilnas.data.tasks, which this version lacks")
-        size = 32  # CIFAR; ImageFolder images are resized to the same 32x32 (build_task's default)
-        train_tf, eval_tf = _image_transforms(cfg, size)
-        data = build_task(task, seed=cfg.seed, val_fraction=cfg.val_fraction, train_transform=train_tf,
-                          eval_transform=eval_tf)
+        size = 32  # CIFAR; ImageFolder images are resized to the same 32x32
+        train_tf, eval_tf = retrain_transforms(cfg, size)
+        data = load(train_transform=train_tf, eval_transform=eval_tf, image_size=size)
         train = data.train
     eval_ds = data.val if cfg.val_fraction > 0 and len(data.val) > 0 else data.test  # type: ignore[arg-type]
     return train, eval_ds, data.test, data.num_classes, data.in_channels, data.image_size
@@ -120,18 +120,22 @@ def retrain(
     out_dir: str | os.PathLike,
     resume: bool = True,
     callbacks: Sequence[EpochCallback] = (),
+    manifest_dir: str | os.PathLike | None = None,
 ) -> RetrainResult:
     """Train the network of ``genotype`` on ``config.task``; resume from ``out_dir``'s last checkpoint.
 
     ``callbacks`` are ``cb(epoch, row)`` called on rank 0 after each epoch (the pipeline logs them to MLflow).
+    ``manifest_dir``: the prepared manifests to load the task through (see :func:`build_retrain_data`).
     A corrupt or mismatched checkpoint raises :class:`CheckpointError`; it never restarts silently.
+    The reported test metrics, ``checkpoint`` (``final.pth``) and ``model`` are one set of weights: the last
+    epoch's, EMA when on (``metrics["weights"]``).
     """
     out = Path(out_dir)
     geno = load_genotype(genotype) if genotype is not None else None
     ctx = setup_distributed(config.device)
     with seeded(config.seed, config.deterministic):
         try:
-            train_ds, eval_ds, test_ds, num_classes, in_chans, image_size = build_retrain_data(config)
+            train_ds, eval_ds, test_ds, num_classes, in_chans, image_size = build_retrain_data(config, manifest_dir)
             model = build_model(config.model, geno, num_classes, in_chans, config.channels, config.cells,
                                 config.auxiliary, config.drop_path_rate)
             identity = {
@@ -154,32 +158,41 @@ def retrain(
                             num_classes, use_amp, channels_last, desc="test")
             input_size = (in_chans, image_size, image_size)
             last = fitted.history[-1] if fitted.history else {}
+            eval_on = "val" if eval_ds is not test_ds else "test"
             metrics: dict[str, Any] = {
                 "top1": test["top1"],
                 "top5": test["top5"],
                 "topk": test["topk"],
                 "loss": test["loss"],
+                "weights": fitted.weights,
+                "weights_epoch": len(fitted.history) - 1,
                 "params": count_params(model),
                 "macs": count_macs(model, input_size),
-                "best_top1": fitted.best_metric,
-                "best_epoch": fitted.best_epoch,
-                "val_top1": last.get("val_top1"),
+                # the maximum over epochs of the per-epoch evaluation: selection on that set, never the headline
+                f"max_epoch_top1_on_{eval_on}": fitted.best_metric,
+                "max_epoch": fitted.best_epoch,
+                "epoch_eval_set": eval_on,
+                "final_epoch_eval_top1": last.get("val_top1"),
                 "epochs": len(fitted.history),
+                "train_images": len(train_ds),  # type: ignore[arg-type]
                 "train_images_per_s": last.get("train_images_per_s"),
                 "test_images": test["n"],
                 "num_classes": num_classes,
                 "input_size": list(input_size),
                 "model": config.model,
+                "recipe": config.recipe,
                 "ema": config.ema,
                 "lerac": config.lerac.enabled,
                 "world_size": ctx.world_size,
+                "global_batch": config.batch_size,
+                "per_process_batch": config.batch_size // ctx.world_size,
+                "lr_effective": config.effective_lr(),
             }
             metrics_json = out / "metrics.json"
             if ctx.is_main:
                 atomic_write_json(metrics_json, metrics)
-            checkpoint = fitted.best_checkpoint or fitted.last_checkpoint
             return RetrainResult(metrics=metrics, out_dir=out, metrics_json=metrics_json,
-                                 history_csv=out / "history.csv", checkpoint=checkpoint,
+                                 history_csv=out / "history.csv", checkpoint=fitted.final_weights,
                                  last_checkpoint=fitted.last_checkpoint, history=fitted.history,
                                  model=fitted.eval_model)
         finally:

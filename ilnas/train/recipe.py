@@ -1,0 +1,58 @@
+"""Print the retrain and transfer recipe a params file resolves to (after validation, recipe values filled in).
+
+    python -m ilnas.train.recipe configs/cifar.yaml
+
+Only the schema is checked (no data roots need to exist): this is what ``dvc repro`` would run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def describe(params: Any) -> list[str]:
+    """One line per training stage: recipe, data, epochs, batch, lr schedule, augmentation, weight decay."""
+    world = params.distributed.world_size
+    lines = []
+    for stage in ("retrain", "transfer"):
+        c = getattr(params, stage)
+        data = f"{c.task.dataset} ({c.task.root or 'bundled'})" if stage == "retrain" else (c.data_root or
+                                                                                           "data/imagefolder")
+        sched = (f"cosine {c.effective_lr():g} -> {c.lr_min:g}" if c.sched == "cosine" else
+                 f"{c.sched} {c.effective_lr():g} x{c.decay_rate:g} every {c.decay_epochs:g} epoch(s)")
+        if c.warmup_epochs:
+            sched += f", {c.warmup_epochs} warm-up epochs"
+        if c.recipe == "darts":
+            aug = (f"pad-crop + flip {c.hflip:g} + Cutout {c.cutout}" if stage == "retrain" else
+                   f"RRC(scale {c.train_scale_min:g}-1) + flip {c.hflip:g} + jitter {c.color_jitter}")
+        else:
+            aug = f"timm create_transform (RRC, flip {c.hflip:g}, auto-augment {c.auto_augment}, erasing {c.re_prob:g})"
+        lines.append(
+            f"{stage}: recipe {c.recipe}, {c.model} {c.channels} ch / {c.cells} cells, data {data}, {c.epochs} epochs, "
+            f"global batch {c.batch_size} = {world} x {c.batch_size // world}, lr {sched} "
+            f"(lr {c.lr:g} per {c.lr_base_batch or c.batch_size} images), {c.opt} momentum {c.momentum:g}, "
+            f"weight decay {c.weight_decay:g} on {'every parameter' if c.wd_on_norm_and_bias else 'weights only'}, "
+            f"grad clip {c.grad_clip}, aux {c.auxiliary_weight if c.auxiliary else 'off'}, "
+            f"drop path {c.drop_path_rate:g}, label smoothing {c.label_smoothing:g}, EMA {c.ema}, augmentation: {aug}"
+            + (f", held-out val {c.val_fraction:g}" if stage == "retrain" else ""))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ilnas.params import validate_params
+
+    argv = sys.argv[1:] if argv is None else argv
+    path = Path(argv[0] if argv else "params.yaml")
+    params = validate_params(yaml.safe_load(path.read_text()), source=str(path))
+    print(f"{path}:")
+    for line in describe(params):
+        print("  " + line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
