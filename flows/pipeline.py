@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -79,6 +80,7 @@ def stage_env(parent_run_id: str | None, uri: str | None, experiment: str | None
     if experiment:
         env["DVC_EXP_NAME"] = experiment  # what `dvc exp run` sets; the stages tag their MLflow runs with it
     env["ILNAS_LOG_BARE"] = "1"  # Prefect's logger adds the time and the task: one prefix per line
+    env.setdefault("ILNAS_PYTHON", sys.executable)  # stages/python.sh runs the stages with the flow's python
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 

@@ -1,7 +1,8 @@
 """Pictures of a search: cells, alpha history, curves, class weights (matplotlib only, Agg, atomic PNGs).
 
 Every function writes one PNG through a temp file + rename (a reader or DVC never sees half a
-picture) and returns its path. Graphviz is not needed: cells are laid out by hand.
+picture) and returns its path. Cells are laid out in layers by networkx (graphviz' layout needs the ``dot``
+binary, which pip cannot install).
 """
 
 from __future__ import annotations
@@ -38,59 +39,110 @@ def _save(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
 
 
 def _state_name(j: int) -> str:
-    return {0: "c_{k-2}", 1: "c_{k-1}"}.get(j, str(j - 2))
+    """State j of a cell as people write it: inputs c_{k-2}, c_{k-1} (mathtext, so the braces are subscripts)."""
+    return {0: "$c_{k-2}$", 1: "$c_{k-1}$"}.get(j, str(j - 2))
 
 
 # ------------------------------------------------------------------------------------------ cells
 
 
-def plot_cell(genotype: Genotype | str | os.PathLike, cell: str, path: str | os.PathLike) -> Path:
-    """Draw one cell as a DAG: inputs c_{k-2}, c_{k-1} -> nodes 0..n-1 -> c_{k}, edges labelled with ops."""
+def cell_layout(genotype: Genotype, cell: str) -> tuple[Any, dict[Any, tuple[float, float]]]:
+    """The cell as a networkx DAG, laid out in layers (networkx's ``multipartite_layout``: inputs left, each
+    node one layer right of its deepest input, the output last), as graphviz' ``dot -Grankdir=LR`` would.
+
+    Graphviz itself needs the ``dot`` binary, which ``pip`` cannot install; networkx comes with torch."""
+    import networkx as nx
+
+    edges = getattr(genotype, cell)
+    steps = len(edges) // 2
+    g = nx.DiGraph()
+    g.add_nodes_from([0, 1], layer=0)
+    for k, (op, j) in enumerate(edges):
+        g.add_edge(j, k // 2 + 2, op=op)
+    for node in range(2, steps + 2):
+        g.add_node(node)
+    for node in nx.topological_sort(g):
+        preds = list(g.predecessors(node))
+        g.nodes[node]["layer"] = 1 + max(g.nodes[p]["layer"] for p in preds) if preds else 0
+    out = "out"
+    g.add_node(out, layer=1 + max(d["layer"] for _, d in g.nodes(data=True)))
+    for j in getattr(genotype, f"{cell}_concat"):
+        g.add_edge(j, out, op="")
+    pos = nx.multipartite_layout(g, subset_key="layer", align="vertical", scale=1.0)
+    # node 0 on top, as read; wide layers so the labels of the fan-out from the inputs have room
+    return g, {n: (float(x) * (steps + 2) * 2.0, -float(y) * 4.0) for n, (x, y) in pos.items()}
+
+
+def _bezier(a: np.ndarray, b: np.ndarray, rad: float, n: int = 25) -> np.ndarray:
+    """Points of matplotlib's ``arc3,rad=rad`` curve from a to b (a quadratic Bezier)."""
+    mid = (a + b) / 2 + rad * np.array([b[1] - a[1], a[0] - b[0]])
+    s = np.linspace(0.0, 1.0, n)[:, None]
+    return (1 - s) ** 2 * a + 2 * (1 - s) * s * mid + s**2 * b
+
+
+def _route(a: np.ndarray, b: np.ndarray, others: list[np.ndarray], clearance: float) -> float:
+    """The smallest arc bend that keeps the edge ``clearance`` away from every node it does not join."""
+    for rad in (0.0, 0.2, -0.2, 0.35, -0.35, 0.5, -0.5):
+        pts = _bezier(a, b, rad)[3:-3]
+        if all(np.min(np.linalg.norm(pts - o, axis=1)) > clearance for o in others):
+            return rad
+    return 0.5
+
+
+def _overlaps(box: Any, boxes: list[Any]) -> bool:
+    return any(box.overlaps(other) for other in boxes)
+
+
+def draw_cell(g: Genotype, cell: str) -> tuple[Figure, list[Any], list[Any]]:
+    """The figure of one cell, with the rendered boxes of its op labels and of its nodes (display units).
+
+    Layered layout (:func:`cell_layout`); an edge bends around nodes it does not join; each op label slides
+    along its edge until it overlaps no node and no other label (checked on the rendered text boxes)."""
     if cell not in CELLS:
         raise ValueError(f"cell: got {cell!r}; allowed: {list(CELLS)}")
-    g = load_genotype(genotype)
-    edges, concat = getattr(g, cell), getattr(g, f"{cell}_concat")
-    steps = len(edges) // 2
-    # every state on one ellipse, in topological order (c_{k-1}, c_{k-2}, 0..n-1, c_{k}): points in convex
-    # position, so an edge (a chord) never runs through a node it does not touch
-    order = [1, 0, *range(2, steps + 2), -1]
-    rx, ry = 0.9 * (steps + 2), 1.5
-    pos: dict[int, tuple[float, float]] = {}
-    for m, state in enumerate(order):
-        t = math.radians(215.0 - m * 250.0 / (len(order) - 1))
-        pos[state] = (rx * math.cos(t), ry * math.sin(t))
-    out = pos.pop(-1)
-    fig, ax = plt.subplots(figsize=(2.0 + 1.5 * steps, 4.6))
+    graph, pos = cell_layout(g, cell)
+    xy = {n: np.array(p) for n, p in pos.items()}
+    steps = len(getattr(g, cell)) // 2
+    fig, ax = plt.subplots(figsize=(3.0 + 2.6 * steps, 5.6))
     ax.set_axis_off()
     ax.set_title(f"{cell} cell")
+    xs, ys = [p[0] for p in pos.values()], [p[1] for p in pos.values()]
+    ax.set_xlim(min(xs) - 1.0, max(xs) + 1.0)
+    ax.set_ylim(min(ys) - 1.2, max(ys) + 1.2)
+    renderer = fig.canvas.get_renderer()
+    node_boxes = []
+    for n, p in pos.items():
+        text = "$c_{k}$" if n == "out" else _state_name(n)
+        color = "khaki" if n == "out" else ("palegreen" if n in (0, 1) else "lightblue")
+        artist = ax.text(*p, text, ha="center", va="center", fontsize=11, zorder=3,
+                         bbox={"boxstyle": "round,pad=0.4", "fc": color, "ec": "black"})
+        node_boxes.append(artist.get_window_extent(renderer).expanded(1.05, 1.1))
+    label_boxes: list[Any] = []
+    for a, b, data in graph.edges(data=True):
+        others = [xy[n] for n in graph.nodes if n not in (a, b)]
+        rad = _route(xy[a], xy[b], others, clearance=0.45)
+        op = data["op"]
+        color = OP_COLORS.get(op, "grey")
+        ax.add_patch(FancyArrowPatch(tuple(xy[a]), tuple(xy[b]), connectionstyle=f"arc3,rad={rad}",
+                                     arrowstyle="-|>", mutation_scale=12, shrinkA=18, shrinkB=18, zorder=1,
+                                     color=color, lw=1.6 if op else 1.0, linestyle="-" if op else "--"))
+        if not op:
+            continue
+        curve = _bezier(xy[a], xy[b], rad, n=21)
+        label = ax.text(0, 0, op, ha="center", va="center", fontsize=7.5, color=color, zorder=2,
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.9})
+        for i in (10, 8, 12, 6, 14, 5, 15, 4, 16):
+            label.set_position(tuple(curve[i]))
+            box = label.get_window_extent(renderer)
+            if not _overlaps(box, node_boxes) and not _overlaps(box, label_boxes):
+                break
+        label_boxes.append(label.get_window_extent(renderer))
+    return fig, label_boxes, node_boxes
 
-    def node(xy: tuple[float, float], text: str, color: str) -> None:
-        ax.text(*xy, text, ha="center", va="center", fontsize=10, zorder=3,
-                bbox={"boxstyle": "round,pad=0.35", "fc": color, "ec": "black"})
 
-    def arrow(a: tuple[float, float], b: tuple[float, float], rad: float, **kw: Any) -> None:
-        ax.add_patch(FancyArrowPatch(a, b, connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>", mutation_scale=12,
-                                     shrinkA=16, shrinkB=16, zorder=1, **kw))
-
-    for k, (op, j) in enumerate(edges):
-        a, b = pos[j], pos[k // 2 + 2]
-        rad = 0.12
-        color = OP_COLORS.get(op, "black")
-        arrow(a, b, rad, color=color, lw=1.6)
-        # the label sits on the arc's midpoint (quadratic Bezier through matplotlib's arc3 control point)
-        (x1, y1), (x2, y2) = a, b
-        cx, cy = (x1 + x2) / 2 + rad * (y2 - y1), (y1 + y2) / 2 - rad * (x2 - x1)
-        mx, my = 0.25 * x1 + 0.5 * cx + 0.25 * x2, 0.25 * y1 + 0.5 * cy + 0.25 * y2
-        ax.text(mx, my, op, ha="center", va="center", fontsize=7, color=color, zorder=2,
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
-    for j in concat:
-        arrow(pos[j], out, -0.12, color="grey", lw=1.0, linestyle="--")
-    for j, xy in pos.items():
-        node(xy, _state_name(j), "lightblue" if j >= 2 else "palegreen")
-    node(out, "c_{k}", "khaki")
-    xs = [p[0] for p in pos.values()] + [out[0]]
-    ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
-    ax.set_ylim(-ry - 0.5, ry + 0.5)
+def plot_cell(genotype: Genotype | str | os.PathLike, cell: str, path: str | os.PathLike) -> Path:
+    """Draw one cell as a DAG: inputs c_{k-2}, c_{k-1} -> nodes 0..n-1 -> c_{k}, edges labelled with ops."""
+    fig, _, _ = draw_cell(load_genotype(genotype), cell)
     return _save(fig, path)
 
 
@@ -109,6 +161,16 @@ def _edge_labels(n_edges: int) -> list[str]:
         labels += [f"{_state_name(j)}->{node}" for j in range(node + 2)]
         node += 1
     return labels[:n_edges]
+
+
+def change_from_uniform(weights: np.ndarray) -> tuple[np.ndarray, float]:
+    """Edges x ops weights minus the uniform 1/n_ops, and the symmetric colour limit that spans them.
+
+    Early in a search every softmaxed weight sits near 1/8; on a 0..max scale all cells look alike, while the
+    change from uniform (red: above, blue: below) on its own range shows which op each edge is turning to."""
+    change = np.asarray(weights, dtype=float) - 1.0 / weights.shape[-1]
+    limit = float(np.abs(change).max())
+    return change, (limit if limit > 0 else 1e-6)
 
 
 def plot_alpha_history(history: Sequence[Mapping[str, Any]], path: str | os.PathLike,
@@ -134,15 +196,16 @@ def plot_alpha_history(history: Sequence[Mapping[str, Any]], path: str | os.Path
         ops = list(primitives)[:n_ops] if len(primitives) >= n_ops else [str(i) for i in range(n_ops)]
         labels = _edge_labels(n_edges)
         ax = axes[row][0]
-        im = ax.imshow(w[-1], aspect="auto", cmap="viridis", vmin=0.0)
+        change, limit = change_from_uniform(w[-1])
+        im = ax.imshow(change, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
         ax.set_xticks(range(n_ops), ops, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(n_edges), labels, fontsize=8)
-        ax.set_title(f"{cell}: op weights, epoch {epochs[-1]}")
+        ax.set_title(f"{cell}, epoch {epochs[-1]}: op weight - uniform 1/{n_ops} (cells: weights)")
         fig.colorbar(im, ax=ax, fraction=0.046)
         if n_edges * n_ops <= 160:
             for e in range(n_edges):
                 for o in range(n_ops):
-                    ax.text(o, e, f"{w[-1, e, o]:.2f}", ha="center", va="center", fontsize=6, color="white")
+                    ax.text(o, e, f"{w[-1, e, o]:.4f}", ha="center", va="center", fontsize=5.5, color="black")
         ax = axes[row][1]
         keep = [i for i, op in enumerate(ops) if op != "none"] or list(range(n_ops))
         strongest = w[:, :, keep].max(axis=2)  # epochs x edges
@@ -198,6 +261,8 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None, p
                 ax.plot(xs, ys, marker="o", markersize=3, label=k)
         ax.set_title(title)
         ax.set_xlabel(x)
+        if x == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epoch 1, 2, 3 -- never 1.5
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)

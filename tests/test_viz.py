@@ -77,3 +77,43 @@ def test_plot_class_weights(tmp_path: Path) -> None:
     _valid_png(viz.plot_class_weights({"t": rng.random((3, 4))}, tmp_path / "map.png"))
     with pytest.raises(ValueError, match="class_weights"):
         viz.plot_class_weights([{"epoch": 0}], tmp_path / "bad.png")
+
+
+def test_cell_labels_overlap_nothing_and_read_as_written() -> None:
+    rng = np.random.default_rng(0)
+    ops = ["sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "skip_connect", "max_pool_3x3"]
+    random_cells = []
+    for _ in range(4):  # arbitrary 4-node cells: two inputs per node from any earlier state
+        edges = tuple((str(rng.choice(ops)), int(j)) for n in range(4)
+                      for j in rng.choice(n + 2, size=2, replace=False))
+        random_cells.append(Genotype(normal=edges, normal_concat=(2, 3, 4, 5), reduce=edges,
+                                     reduce_concat=(2, 3, 4, 5)))
+    for genotype in (DARTS_V2, *random_cells):
+        for cell in ("normal", "reduce"):
+            fig, labels, nodes = viz.draw_cell(genotype, cell)
+            assert len(labels) == 8
+            assert not [(i, j) for i, a in enumerate(labels) for j, b in enumerate(labels) if i < j and a.overlaps(b)]
+            assert not [i for i, a in enumerate(labels) if any(a.overlaps(n) for n in nodes)]
+            texts = {t.get_text() for t in fig.axes[0].texts}
+            assert {"$c_{k-2}$", "$c_{k-1}$", "$c_{k}$"} <= texts  # subscripts, not literal braces
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+
+
+def test_alpha_heatmap_spans_the_differences() -> None:
+    weights = np.full((14, 8), 0.125)
+    weights[0, 3], weights[0, 4] = 0.1262, 0.1238  # a search's first epochs: everything near uniform
+    change, limit = viz.change_from_uniform(weights)
+    assert limit == pytest.approx(0.0012)
+    assert change.max() == pytest.approx(limit) and change.min() == pytest.approx(-limit)  # full colour range used
+    assert viz.change_from_uniform(np.full((2, 8), 0.125))[1] > 0  # all uniform: still a valid scale
+
+
+def test_curve_epoch_ticks_are_integers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    figures = []
+    monkeypatch.setattr(viz, "_save", lambda fig, path, dpi=120: figures.append(fig) or Path(path))
+    rows = [{"epoch": e, "val_loss_mean": 1 / e} for e in (1, 2, 3)]
+    viz.plot_curves(rows, ["val_loss_mean"], tmp_path / "c.png")
+    ticks = figures[0].axes[0].get_xticks()
+    assert len(ticks) and all(float(t).is_integer() for t in ticks)
