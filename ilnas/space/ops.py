@@ -76,14 +76,17 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
+        return self.bn(self.convolve(self.relu(x)))
+
+    def convolve(self, x: torch.Tensor) -> torch.Tensor:
+        """The two offset convolutions of a rectified input, before BatchNorm (the fused mixed op shares the ReLU)."""
         # pad so odd spatial sizes (e.g. 8x8 -> 4x4 -> 2x2 -> 1x1) still align
         shifted = x[:, :, 1:, 1:] if x.shape[-1] > 1 else x
         y1 = self.conv_1(x)
         y2 = self.conv_2(shifted)
         if y2.shape[-2:] != y1.shape[-2:]:
             y2 = nn.functional.pad(y2, (0, y1.shape[-1] - y2.shape[-1], 0, y1.shape[-2] - y2.shape[-2]))
-        return self.bn(torch.cat([y1, y2], dim=1))
+        return torch.cat([y1, y2], dim=1)
 
 
 OpFactory = Callable[[int, int, bool], nn.Module]
