@@ -1,0 +1,144 @@
+"""Studies end to end on a real local Dask cluster, the session Prefect harness and a sqlite MLflow store.
+
+Micro budgets: a trial is a 2-iteration search of a 4-channel, 3-cell supernet and a 1-epoch retraining.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+MICRO_STUDY = {
+    "name": "micro",
+    "search_seeds": [0, 1],
+    "retrain_seeds": [0],
+    "search_images": 128,
+    "base": {
+        "device": "cpu",
+        "tracking": {"experiment": "micro-study"},
+        "search": {"tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1, 2, 3, 4]},
+                             {"name": "b", "dataset": "digits", "classes": [5, 6, 7, 8, 9]}],
+                   "hypergrad": "first_order", "epochs": 1, "batch_size": 32, "channels": 4, "cells": 3},
+        "retrain": {"epochs": 1, "batch_size": 64, "channels": 4, "cells": 3},
+    },
+    "arms": [{"name": "il", "kind": "search"}, {"name": "random", "kind": "random"}],
+}
+
+
+def write_spec(tmp_path: Path, **changes) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**MICRO_STUDY, **changes}, sort_keys=False))
+    return path
+
+
+def run_study(tmp_path: Path, spec: Path, **kwargs):
+    from flows.study import study
+
+    return study(spec_path=str(spec), project_dir=str(tmp_path), workers=2, **kwargs)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_micro_study_end_to_end_and_rerun_runs_nothing(tmp_path: Path, mlflow_uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    spec = write_spec(tmp_path)
+    result = run_study(tmp_path, spec)
+    assert len(result["ran"]) == 4 and not result["failed"]
+    summary = json.loads((tmp_path / "reports/micro/summary.json").read_text())
+    for arm in ("il", "random"):
+        assert summary["arms"][arm]["cells"] == 2 and summary["arms"][arm]["n"] == 2
+    assert summary["arms"]["il"]["search_images"] == 128 and summary["arms"]["random"]["search_images"] == 0
+    assert 0 <= summary["arms"]["il"]["vs_baseline"]["p_value"] <= 1
+    report = (tmp_path / "reports/micro/report.md").read_text()
+    assert "Welch" in report and report.count("| il | ") == 3 and report.count("| random | ") == 3
+    for fig in ("test_top1.png", "cell_ops.png"):
+        assert (tmp_path / "reports/micro/figures" / fig).stat().st_size > 1000
+    # the trial directories hold the library's own outputs
+    trial = Path(next(t["dir"] for t in summary["trials"] if t["arm"] == "il"))
+    assert (trial / "search/alphas.pt").exists() and (trial / "retrain_seed0/metrics.json").exists()
+
+    client = MlflowClient(mlflow_uri)
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["study"] == "micro"
+    assert {"il/test_top1_mean", "random/test_top1_mean", "il/p_vs_random"} <= set(parent.data.metrics)
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted((c.data.tags["arm"], c.data.tags["search_seed"]) for c in children) == [
+        ("il", "0"), ("il", "1"), ("random", "0"), ("random", "1")]
+    names = [set(c.data.metrics) for c in children]
+    assert all(n >= {"test_top1", "params", "macs", "search_time_s", "search_images"} for n in names)
+    assert {c.data.tags["strategy"] for c in children} == {"interleaving", "random"}
+
+    again = run_study(tmp_path, spec)
+    assert again["ran"] == [] and not again["failed"]
+    assert "reused 4 finished" in (tmp_path / "reports/micro/report.md").read_text()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_interrupted_study_reruns_only_missing_trials(tmp_path: Path, mlflow_uri: str) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    spec = write_spec(tmp_path, search_seeds=[0, 1, 2])
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO)}
+    trials = tmp_path / "runs/study/trials"
+    proc = subprocess.Popen([sys.executable, "-m", "flows.study", str(spec), "--project-dir", str(tmp_path),
+                             "--workers", "2"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while not list(trials.glob("*/result.json")):
+            assert proc.poll() is None, "the study ended before any trial finished"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the flow, the scheduler and both workers
+        proc.wait(30)
+    done = {p.parent.name for p in trials.glob("*/result.json")}
+    assert 1 <= len(done) < 6
+    result = run_study(tmp_path, spec)
+    assert not result["failed"]
+    assert set(result["ran"]) == {t["key"] for t in result["summary"]["trials"]} - done
+    assert len(result["summary"]["trials"]) == 6
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_failed_trial_is_reported_and_the_others_complete(tmp_path: Path, mlflow_uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    arms = [{"name": "diverges", "kind": "search", "params": {"search": {"w_lr": 1.0e30}}},
+            {"name": "random", "kind": "random"}]
+    result = run_study(tmp_path, write_spec(tmp_path, arms=arms, search_seeds=[0]))
+    assert len(result["failed"]) == 1 and len(result["ran"]) == 2
+    report = (tmp_path / "reports/micro/report.md").read_text()
+    assert "## Failed trials" in report and "SearchDivergedError" in report
+    summary = result["summary"]["arms"]
+    assert summary["diverges"]["failed"] == 1 and summary["random"]["cells"] == 1
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(result["parent_run_id"]).info.status == "FAILED"
+    failed_dir = tmp_path / "runs/study/trials" / result["failed"][0]
+    assert (failed_dir / "failed.json").exists() and not (failed_dir / "result.json").exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_bad_spec_fails_before_any_trial(tmp_path: Path) -> None:
+    from ilnas.study.spec import StudySpecError
+
+    arms = [{"name": "il", "params": {"search": {"channels": 0}}}, {"name": "random", "kind": "random"}]
+    with pytest.raises(StudySpecError, match=r"arms\.il: search\.channels"):
+        run_study(tmp_path, write_spec(tmp_path, arms=arms))
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()
+    proc = subprocess.run([sys.executable, "-m", "flows.study", str(write_spec(tmp_path, search_seeds=[])),
+                           "--project-dir", str(tmp_path), "--no-track"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert proc.returncode == 2 and "search_seeds" in proc.stderr
