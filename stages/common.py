@@ -58,8 +58,9 @@ def setup(stage: str, argv: Sequence[str] | None = None) -> PipelineParams:
     try:
         return load_params(args.params)
     except ParamsError as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from None
+        from ilnas.errors import fail
+
+        fail(f"python -m stages.{stage}", exc)
 
 
 def torchrun_needed(params: PipelineParams) -> bool:
@@ -195,3 +196,15 @@ def figure(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     except Exception as exc:  # noqa: BLE001
         log.warning("figure %s failed: %s: %s", what, type(exc).__name__, exc)
         return None
+
+
+def run_main(main: Any, stage: str) -> None:
+    """``python -m stages.<stage>``: ``main(argv)`` through :func:`ilnas.errors.guarded`, so a known error
+    (params, checkpoint, genotype, manifest) prints one block and exits 2; ``--debug`` / ``ILNAS_DEBUG=1``
+    shows the traceback."""
+    import sys
+
+    from ilnas.errors import guarded, strip_debug_flag
+
+    argv = strip_debug_flag(sys.argv[1:])
+    guarded(lambda: main(argv), f"python -m stages.{stage}")

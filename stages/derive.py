@@ -57,5 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("genotype: %s", genotype)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # a known error ends as one message block (exit 2 for bad input)
+    from stages.common import run_main
+
+    run_main(main, "derive")

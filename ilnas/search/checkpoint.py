@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ilnas.errors import IntegrityError
-from ilnas.utils.io import atomic_torch_save, verify_zip_members
+from ilnas.utils.io import atomic_torch_save, short_reason, verify_zip_members
 
 CHECKPOINT_VERSION = 1
 
@@ -42,7 +42,7 @@ def load_state_file(path: str | os.PathLike) -> dict[str, Any]:
     except IntegrityError as exc:
         raise CheckpointError(str(exc)) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt or unreadable ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: corrupt or unreadable ({short_reason(exc)})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
     return state

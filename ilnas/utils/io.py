@@ -109,11 +109,12 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
 def verify_zip_members(path: str | os.PathLike) -> None:
     """Every member of a ``torch.save`` zip file matches its stored CRC-32; :class:`IntegrityError` otherwise.
 
-    A file that is not a zip archive is left to the loader (it reports its own error).
+    A file that is not a zip archive (the legacy torch format is never written here) is refused too.
     """
     path = Path(path)
-    if not zipfile.is_zipfile(path):
-        return
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise IntegrityError(f"{path}: not a file written by torch.save (no zip archive: truncated, damaged or "
+                             "another format); it was not loaded")
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
@@ -123,3 +124,9 @@ def verify_zip_members(path: str | os.PathLike) -> None:
     if bad is not None:
         raise IntegrityError(f"{path}: damaged file, member {bad!r} does not match its CRC-32 (a flipped or "
                              "truncated byte); it was not loaded; delete it (or restore it) and rerun")
+
+
+def short_reason(exc: BaseException) -> str:
+    """``Type: first line`` of an exception (torch's load errors run to a page of advice that does not apply)."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first[:240]}"
