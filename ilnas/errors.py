@@ -48,6 +48,12 @@ class RunFailed(IlnasError, RuntimeError):
     exit_code = EXIT_FAILURE
 
 
+class OutputError(IlnasError, OSError):
+    """An output file or directory cannot be written (disk full, a file where a directory should be, ...)."""
+
+    exit_code = EXIT_FAILURE
+
+
 # known error types of other modules, by "module.Class" (no imports here: this module must stay a leaf)
 KNOWN_BY_NAME: dict[str, int] = {
     "ilnas.space.genotype.GenotypeError": EXIT_INPUT,

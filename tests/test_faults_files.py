@@ -154,3 +154,25 @@ def test_atomic_write_keeps_an_existing_files_mode(tmp_path: Path) -> None:
     path.chmod(0o640)
     atomic_write_text(path, json.dumps({"a": 1}))
     assert stat.S_IMODE(path.stat().st_mode) == 0o640 and json.loads(path.read_text()) == {"a": 1}
+
+
+def test_unwritable_output_is_one_known_error(tmp_path: Path) -> None:
+    from ilnas.errors import OutputError
+
+    blocker = tmp_path / "models"
+    blocker.write_text("a file where the output directory should be")
+    with pytest.raises(OutputError, match="models/search/metrics.json: cannot write") as info:
+        atomic_write_text(blocker / "search" / "metrics.json", "{}")
+    assert exit_code_of(info.value) == 1 and isinstance(info.value, OSError)
+    target = tmp_path / "ok.json"
+    target.write_text("old")
+
+    def fail(path: Path) -> None:
+        path.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    from ilnas.utils.io import atomic_write
+
+    with pytest.raises(OutputError, match="No space left on device"):
+        atomic_write(target, fail)
+    assert target.read_text() == "old" and not list(tmp_path.glob(".ok.json.*"))

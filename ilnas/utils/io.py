@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ilnas.errors import IntegrityError
+from ilnas.errors import IntegrityError, OutputError
 
 _UMASK_LOCK = threading.Lock()
 
@@ -76,16 +76,23 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename the temp file onto ``path`` (same directory, so rename is atomic)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    mode = _target_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        mode = _target_mode(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
         os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc}); the previous file, if any, is "
+                          "unchanged") from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
