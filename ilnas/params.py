@@ -290,8 +290,8 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel] = Pipeli
         if len(loc) == 2 and loc[0] in SECTIONS_WITH_SEED and (loc[1], repr(err.get("input"))) in shared:
             continue
         msg = err["msg"].removeprefix("Value error, ")
-        head = re.match(r"^([A-Za-z_]\w*): ", msg)  # a model-level check names its field: search: cells: ...
-        if head and loc:
+        head = re.match(r"^([A-Za-z_][\w.\[\]]*): ", msg)  # a model-level check names its field
+        if head and (not loc or "." not in head.group(1)):
             loc, msg = [*loc, head.group(1)], msg[head.end():]
         line = f"{_dotted(loc)}: {msg}"
         if err["type"] == "extra_forbidden":
@@ -359,16 +359,25 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
     return read_yaml_mapping(path, "params file")
 
 
+def project_dir_of(path: str | Path) -> Path:
+    """The DVC project a params file belongs to (the nearest directory up with a dvc.yaml: the stages run
+    there, so relative data roots mean paths inside it), else the working directory."""
+    for folder in Path(path).resolve().parents:
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    return Path.cwd()
+
+
 def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = (),
                 environment: bool = True) -> PipelineParams:
     """Read, override (``key.sub=value``) and validate a params file, before any compute.
 
-    ``environment``: also run :func:`check_environment` (relative data roots: relative to the working directory,
-    the project, where the stages run; a preset in configs/ names roots relative to the project too).
+    ``environment``: also run :func:`check_environment`, relative data roots taken inside the project the
+    file belongs to (:func:`project_dir_of`; a preset in configs/ names roots relative to the project too).
     """
     data = apply_overrides(read_params_file(path), overrides)
     params = validate_params(data, source=str(path))
-    return check_environment(params) if environment else params
+    return check_environment(params, project_dir_of(path)) if environment else params
 
 
 # -- the CLI's view: one section, validated through the whole schema -------------------------------------------

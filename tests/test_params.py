@@ -12,7 +12,7 @@ import yaml
 from ilnas.params import ParamsError, apply_overrides, load_params, validate_params
 
 REPO = Path(__file__).resolve().parents[1]
-PRESETS = sorted((REPO / "configs").glob("*.yaml"))
+PRESETS = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("study"))  # study_*: specs
 
 
 def test_committed_params_validate_and_share_seed() -> None:
@@ -161,3 +161,18 @@ def test_unreadable_params_files_are_params_errors(tmp_path: Path) -> None:
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(ParamsError, match="top level must be a mapping"):
         load_params(listing)
+
+
+def test_relative_data_roots_resolve_inside_the_params_files_project(tmp_path: Path, monkeypatch) -> None:
+    project = tmp_path / "project"
+    (project / "configs").mkdir(parents=True)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    (project / "data" / "cifar").mkdir(parents=True)
+    preset = project / "configs" / "p.yaml"
+    deps = "prepare: {data_deps: {retrain: data}}\n"
+    preset.write_text(deps + "retrain: {task: {name: c, dataset: cifar10, root: data/cifar}}\n")
+    monkeypatch.chdir(tmp_path)  # the flow may run from elsewhere (--project-dir)
+    assert load_params(preset).retrain.task.root == "data/cifar"
+    preset.write_text(deps + "retrain: {task: {name: c, dataset: cifar10, root: data/missing}}\n")
+    with pytest.raises(ParamsError, match=str(project / "data" / "missing")):
+        load_params(preset)
