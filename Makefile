@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DVC_NO_ANALYTICS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean study
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -27,6 +27,16 @@ run: $(STAMP)
 	@start=$$(date +%s); \
 	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m flows $(ARGS); \
 	rc=$$?; echo "make run: $$(( $$(date +%s) - start )) s wall"; exit $$rc
+
+# a study: arms x search seeds of search -> derive -> retrain trials on a local Dask cluster, one report
+# (reports/<study>/report.md). STUDY: the spec; ARGS: e.g. ARGS="-S retrain.epochs=2" or "--address tcp://host:8786"
+STUDY ?= configs/study.yaml
+study: $(STAMP)
+	@start=$$(date +%s); \
+	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=$${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120} \
+	$(BIN)/python -m flows.study $(STUDY) $(ARGS); \
+	rc=$$?; echo "make study: $$(( $$(date +%s) - start )) s wall"; exit $$rc
 
 test: $(STAMP)
 	$(BIN)/ruff check ilnas stages flows tests bench

@@ -122,3 +122,12 @@ def test_statistics_match_scipy() -> None:
     assert math.isclose(c.p_value, ref.pvalue) and c.p_value < 0.05
     assert math.isclose(c.diff, 0.9275 - 0.8266666, rel_tol=1e-5)
     assert math.isnan(compare("a", [0.9], "b", b).p_value)
+
+
+@pytest.mark.parametrize("name", ["study.yaml", "study_cifar.yaml"])
+def test_shipped_study_specs_validate(name: str) -> None:
+    spec = load_spec(Path(__file__).resolve().parents[1] / "configs" / name)
+    trials = expand_trials(spec)
+    assert len(trials) == len(spec.arms) * len(spec.search_seeds)
+    searched = {t.search_images for t in trials if t.kind == "search"}
+    assert searched == {spec.search_images}  # every search arm sees the same training images
