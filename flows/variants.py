@@ -53,7 +53,9 @@ def resolve_variant(project: str | Path, overrides: Sequence[str] = (), preset: 
         staged = Path(tmp) / "params.yaml"
         staged.write_text(source.read_text())
         try:
-            apply_overrides(staged, overrides)
+            # validated keys only get here, so one absent from the file is added ('++': add or override) where
+            # plain `dvc exp run -S` would ask for '+key=value'
+            apply_overrides(staged, [o if o.startswith(("+", "~")) else "++" + o for o in overrides])
         except ValueError as exc:
             raise ParamsError(str(exc)) from None
         text = staged.read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -82,6 +83,15 @@ def _task_states(flow_run_id: str) -> dict[str, str]:
     return {r.name: r.state.name for r in runs}
 
 
+def _flow_run_logs(flow_run_id: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return "\n".join(log.message for log in logs)
+
+
 def _exp_names(project: Path) -> set[str]:
     out = subprocess.run([DVC, "exp", "show", "--json"], cwd=project, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -122,6 +132,27 @@ def test_variant_is_a_dvc_experiment_and_states_say_what_dvc_did(tmp_path: Path,
     assert [r["status"] for r in plain["stages"]] == ["skipped", "skipped"]
     assert _task_states(plain["flow_run_id"]) == {"dvc-first": "Skipped", "dvc-second": "Skipped"}
     assert plain["experiment"] is None
+    console = _flow_run_logs(first["flow_run_id"])  # what the Prefect UI and the console show of the run
+    assert "Running stage 'first'" in console  # the stages' own output reaches the console
+    assert "git add" not in console and "To track the changes" not in console  # DVC's hint is off
+
+
+def test_stage_log_lines_have_one_prefix_and_timm_listings_are_off() -> None:
+    code = ("import logging; from stages.common import setup_logging; setup_logging(); "
+            "logging.getLogger('ilnas.search').info('epoch 1/3'); "
+            "logging.getLogger('timm.utils.checkpoint_saver').info('Current checkpoints: (a, 1)'); "
+            "logging.getLogger('ilnas.search').warning('careful')")
+    for bare, expected in (("1", "INFO ilnas.search: epoch 1/3\nWARNING ilnas.search: careful\n"), ("", None)):
+        env = {**os.environ, "ILNAS_LOG_BARE": bare, "PYTHONPATH": str(REPO)}
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "Current checkpoints" not in out.stderr
+        if expected is not None:  # under the flow: Prefect adds the time and the task, the stage nothing more
+            assert out.stderr == expected
+        else:  # alone (dvc repro): one time stamp of its own
+            assert re.fullmatch(r"\d\d:\d\d:\d\d INFO ilnas.search: epoch 1/3\n\d\d:\d\d:\d\d WARNING .*\n",
+                                out.stderr), out.stderr
 
 
 @pytest.mark.parametrize(("override", "key", "allowed"), [
@@ -158,16 +189,18 @@ def test_cli_typo_exits_2_without_prefect(tmp_path: Path) -> None:
     assert elapsed < 60  # a second or two on an idle machine (mostly importing torch); generous for a busy CI
 
 
-def test_dvc_refusal_names_the_override(tmp_path: Path) -> None:
-    """A key params.yaml lacks: ilnas accepts it, DVC's -S needs '+key' -- the message says so, before any run."""
+def test_absent_key_is_added_and_dvc_refusals_name_the_override(tmp_path: Path) -> None:
+    """A schema key params.yaml does not hold: the flow adds it through DVC's '++key=value'; DVC's plain -S
+    refuses it, and that refusal names the override and the '+' fix."""
+    from flows.dvc_repo import apply_overrides
     from flows.variants import resolve_variant
-    from ilnas.params import ParamsError
 
     project = init_repo(tmp_path / "toy", SEED_FILES, copy_project=False)
-    with pytest.raises(ParamsError, match=r"\+search.w_lr_min=0.0001"):
-        resolve_variant(project, ["search.w_lr_min=0.0001"])
-    variant = resolve_variant(project, ["+search.w_lr_min=0.0001"])
+    variant = resolve_variant(project, ["search.w_lr_min=0.0001"])
     assert variant.params.search.w_lr_min == 0.0001 and variant.experiment == "w_lr_min-0.0001"
+    assert "w_lr_min: 0.0001" in variant.text and (project / "params.yaml").read_text() == MICRO_PARAMS
+    with pytest.raises(ValueError, match=r"-S search.w_lr_min=0.0001: .*\+search.w_lr_min=0.0001"):
+        apply_overrides(project / "params.yaml", ["search.w_lr_min=0.0001"])
 
 
 def test_deploy_register_only_says_what_must_keep_running() -> None:
