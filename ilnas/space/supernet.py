@@ -52,6 +52,9 @@ def _batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None)
     ``scale`` must be contiguous: torch 2.14's CPU batch_norm backward returns a wrong input gradient for a
     stride-0 (``expand``-ed) weight on 1x1 maps (tests/test_mixed_op.py covers that size).
     """
+    scaled = getattr(bn, "scaled", None)  # a BatchNorm with statistics of its own (data-parallel search)
+    if scaled is not None:
+        return scaled(x, scale)
     factor = 0.0
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
@@ -174,11 +177,13 @@ class Encoder(nn.Module):
             reduction_prev = reduction
             c_pp, c_p = c_p, multiplier * c_curr
         self.out_channels = c_p
+        self.memory_format = torch.contiguous_format  # Supernet(channels_last=True) sets torch.channels_last
 
     def forward(self, x: torch.Tensor, arch_weights: dict[str, torch.Tensor]) -> torch.Tensor:
-        if x.dim() == 4 and self.stem[0].weight.is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)  # follow the weights' layout (Supernet)
-        s0 = s1 = self.stem(x)
+        # the stem's output fixes every later activation's layout (convolutions, pools and BatchNorm keep
+        # their input's). Set it explicitly: with one input channel the stem weight's layout is ambiguous, and
+        # a virtual step's weights (p - xi * g) come out NCHW-strided, which silently ran a virtual pass in NCHW
+        s0 = s1 = self.stem(x.contiguous(memory_format=self.memory_format)).contiguous(memory_format=self.memory_format)
         for cell in self.cells:
             kind = "reduce" if cell.reduction else "normal"
             s0, s1 = s1, cell(s0, s1, arch_weights[kind], arch_weights.get(f"edge_{kind}"))
@@ -201,6 +206,7 @@ class Supernet(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(self.encoder.out_channels, n) for n in num_classes)
         if channels_last:
             self.to(memory_format=torch.channels_last)
+            self.encoder.memory_format = torch.channels_last
 
     def forward(self, x: torch.Tensor, arch_weights: dict[str, torch.Tensor], task: int = 0) -> torch.Tensor:
         return self.heads[task](self.encoder(x, arch_weights))
