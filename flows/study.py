@@ -211,7 +211,8 @@ def study(spec_path: str, overrides: list[str] | None = None, project_dir: str =
     logger.info("report: %s", path)
     return {"study": spec.name, "report": str(path), "summary": summary, "parent_run_id": parent,
             "tracking_uri": uri, "ran": [r["key"] for r in results if r.get("ran")],
-            "failed": [r["key"] for r in failed], "wall_s": provenance["wall_s"]}
+            "failed": [r["key"] for r in failed], "wall_s": provenance["wall_s"],
+            "flow_run_id": provenance["prefect_flow_run_id"]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -59,7 +59,9 @@ def summarize_study(arms: list[str], baseline: str, results: list[dict[str, Any]
         if arm != baseline:
             comparisons[arm] = compare(arm, values, baseline, base_values)
         runs = [run for r in ok for run in r["retrains"]]
-        costs[arm] = {"params": _mean([run["params"] for run in runs]), "macs": _mean([run["macs"] for run in runs]),
+        losses = summarize(arm, [run["test_loss"] for run in runs])
+        costs[arm] = {"test_loss_mean": losses.mean, "test_loss_std": losses.std,
+                      "params": _mean([run["params"] for run in runs]), "macs": _mean([run["macs"] for run in runs]),
                       "search_time_s": _mean([r.get("search_time_s", 0.0) for r in ok]),
                       "search_images": _mean([r.get("search_images", 0) for r in ok]),
                       "retrain_time_s": _mean([run["retrain_time_s"] for run in runs]),
@@ -69,14 +71,15 @@ def summarize_study(arms: list[str], baseline: str, results: list[dict[str, Any]
 
 def summary_table(arms: list[str], kinds: dict[str, str], baseline: str, summaries: dict[str, ArmSummary],
                   comparisons: dict[str, Comparison], costs: dict[str, dict[str, float]]) -> str:
-    lines = [f"| arm | kind | cells ok / failed | pairs | test top-1 mean +- std | 95 % CI | params | MACs "
-             f"| search s | search images | vs {baseline}: diff | p |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| arm | kind | cells ok / failed | pairs | test top-1 mean +- std | 95 % CI | test loss | params "
+             f"| MACs | search s | search images | vs {baseline}: diff | p |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         s, c, cmp = summaries[arm], costs[arm], comparisons.get(arm)
         lines.append(
             f"| {arm} | {kinds[arm]} | {s.cells} / {s.failed} | {s.n} | {_fmt(s.mean)} +- {_fmt(s.std)} "
-            f"| [{_fmt(s.ci95_low)}, {_fmt(s.ci95_high)}] | {_fmt(c['params'], ',.0f')} | {_fmt(c['macs'], ',.0f')} "
+            f"| [{_fmt(s.ci95_low)}, {_fmt(s.ci95_high)}] | {_fmt(c['test_loss_mean'], '.3f')} +- "
+            f"{_fmt(c['test_loss_std'], '.3f')} | {_fmt(c['params'], ',.0f')} | {_fmt(c['macs'], ',.0f')} "
             f"| {_fmt(c['search_time_s'], '.1f')} | {_fmt(c['search_images'], ',.0f')} "
             f"| {_fmt(cmp.diff, '+.4f') if cmp else '(baseline)'} | {_fmt(cmp.p_value, '.3g') if cmp else ''} |")
     return "\n".join(lines)
