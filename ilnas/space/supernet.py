@@ -37,12 +37,30 @@ def _reachable_crop(kernel: int, dilation: int, padding: int, size: int, stride:
 
 
 def _cropped_conv(conv: nn.Conv2d, x: torch.Tensor, stride: int) -> torch.Tensor:
-    """``conv(x)`` (a depthwise k x k conv of a DARTS op) with its never-reached outer taps left out."""
+    """``conv(x)`` (a depthwise k x k conv of a DARTS op) with its never-reached outer taps left out.
+
+    A dilation-2 kernel with "same" padding reads one pixel parity only: at stride 2 the even rows and
+    columns (a plain conv of ``x[..., ::2, ::2]``), at stride 1 each of the four parity sub-images on its
+    own (space-to-batch). oneDNN's dilated depthwise backward was 2-5x slower than the plain one on CPU.
+    """
     k, d, p = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
-    rings = min(_reachable_crop(k, d, p, x.shape[-2], stride), _reachable_crop(k, d, p, x.shape[-1], stride))
-    weight = conv.weight if not rings else conv.weight[:, :, rings : k - rings, rings : k - rings]
-    dilation = d if k - 2 * rings > 1 else 1
-    return F.conv2d(x, weight, None, stride, p - d * rings, dilation, conv.groups)
+    h, w = x.shape[-2:]
+    rings = min(_reachable_crop(k, d, p, h, stride), _reachable_crop(k, d, p, w, stride))
+    k, p = k - 2 * rings, p - d * rings
+    weight = conv.weight if not rings else conv.weight[:, :, rings : rings + k, rings : rings + k]
+    if k == 1:
+        return F.conv2d(x, weight, None, stride, 0, 1, conv.groups)
+    if d == 2 and p == k - 1 and x.device.type == "cpu":
+        if stride == 2:
+            return F.conv2d(x[:, :, ::2, ::2], weight, None, 1, p // 2, 1, conv.groups)
+        if stride == 1 and h % 2 == 0 and w % 2 == 0:
+            n, c = x.shape[:2]
+            layout = torch.channels_last if x.stride(1) == 1 else torch.contiguous_format
+            phases = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(3, 5, 0, 1, 2, 4).reshape(4 * n, c, h // 2, w // 2)
+            y = F.conv2d(phases.contiguous(memory_format=layout), weight, None, 1, p // 2, 1, conv.groups)
+            y = y.reshape(2, 2, n, c, h // 2, w // 2).permute(2, 3, 4, 0, 5, 1).reshape(n, c, h, w)
+            return y.contiguous(memory_format=layout)
+    return F.conv2d(x, weight, None, stride, p, d, conv.groups)
 
 
 def _batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
