@@ -61,6 +61,7 @@ def test_deployment_registers_with_cron(prefect_server: str, tmp_path: Path) -> 
                           "--cron", "30 2 * * 1-5"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "registered" in out.stdout
+    assert "python -m flows.deploy --name test-nightly" in out.stdout and "Not Ready" in out.stdout  # what to run
 
     from prefect.client.orchestration import PrefectClient
 
