@@ -107,7 +107,10 @@ class DeriveConfig(BaseModel):
 
 
 class DistributedConfig(BaseModel):
-    """torchrun scale-out of the retrain and transfer stages (DDP; gloo on CPU, nccl on GPU). 1 x 1: one process.
+    """torchrun scale-out of the search, retrain and transfer stages (gloo on CPU, nccl on GPU). 1 x 1: one process.
+
+    ``search.batch_size`` is the global batch too: each process draws a disjoint ``batch_size / world_size``
+    of every task's stream, gradients and hypergradients are averaged, and the learning rates stay as set.
 
     ``retrain.batch_size`` and ``transfer.batch_size`` are global batches: each of the ``nproc_per_node *
     nnodes`` processes takes ``batch_size / world_size`` (it must divide), so the recipe's batch and learning
@@ -116,7 +119,8 @@ class DistributedConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    nproc_per_node: int = Field(default=1, ge=1, description="processes (GPUs) per node, for retrain and transfer")
+    nproc_per_node: int = Field(default=1, ge=1,
+                                description="processes (GPUs) per node, for search, retrain and transfer")
     nnodes: int = Field(default=1, ge=1, description="nodes; world size = nproc_per_node * nnodes")
     rdzv_endpoint: str | None = Field(default=None, description="host:port of the rendezvous for nnodes > 1")
 
@@ -180,7 +184,7 @@ class PipelineParams(BaseModel):
         # batch_size is the global batch of retrain and transfer: it must split evenly over the processes
         from ilnas.train.config import global_batch_error
 
-        for section in ("retrain", "transfer"):
+        for section in ("search", "retrain", "transfer"):
             error = global_batch_error(f"{section}.batch_size", getattr(self, section).batch_size,
                                        self.distributed.world_size)
             if error:

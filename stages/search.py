@@ -1,8 +1,9 @@
 """DVC stage 'search': interleaved architecture search -> models/search/ (alphas, history, checkpoint).
 
-Resumable: the search runs in ``runs/search/<config hash>/``, a directory DVC does not own, because DVC
-deletes a stage's outs before running it (that would throw away an interrupted search's checkpoint).
-Rerunning after an interruption resumes from there; a different search config gets a different directory.
+Resumable: the search runs in ``runs/search/<config and code hash>/``, a directory DVC does not own, because
+DVC deletes a stage's outs before running it (that would throw away an interrupted search's checkpoint).
+Rerunning after an interruption resumes from there; a different search config or different search code
+gets a different directory (an unfinished search of other code is named in the log, never resumed).
 When the search finishes, its files are copied into the DVC out ``models/search/`` and the work dir goes.
 """
 
@@ -23,7 +24,10 @@ from stages.common import (
     config_hash,
     figure,
     fresh_dir,
+    is_rank0,
+    relaunch_under_torchrun,
     setup,
+    torchrun_needed,
     tracker,
     viz,
     without_timings,
@@ -36,16 +40,34 @@ log = logging.getLogger("ilnas.stages.search")
 FILES = ("alphas.pt", "alpha_history.json", "history.csv", "metrics.json", "genotype.json", "checkpoint.pt")
 
 
+def work_dir(cfg) -> Path:
+    """``runs/search/<hash of the search config and the search code>``: where an unfinished search lives."""
+    from ilnas.search.provenance import code_version
+
+    return SEARCH_WORK / config_hash({"config": cfg.model_dump(mode="json"), "code": code_version()})
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     params = setup("search", argv)
+    if torchrun_needed(params):  # `distributed` asks for several processes: one per device, data parallel
+        raise SystemExit(relaunch_under_torchrun("search", argv, params))
     from ilnas.data.prepare import load_stage_tasks
     from ilnas.search import SearchRun
 
     cfg = params.search
-    work = SEARCH_WORK / config_hash(cfg.model_dump(mode="json"))
+    work = work_dir(cfg)
+    # the splits come through the search manifests 'prepare' wrote (fingerprints checked, files named)
+    tasks = load_stage_tasks(PREPARED, "search", list(cfg.tasks), cfg.seed, cfg.val_fraction)
+    if not is_rank0():  # the other ranks only search; rank 0 tracks and writes
+        SearchRun(cfg, work, tasks=tasks).run(resume=True, progress=False)
+        return
+    others = sorted(p for p in SEARCH_WORK.glob("*/checkpoint.pt") if p.parent != work)
+    if others:
+        log.info("not resuming %d unfinished search(es) of another config or code version: %s", len(others),
+                 ", ".join(str(p.parent) for p in others))
     datasets = sorted({t.dataset for t in cfg.tasks})
     tags = {"strategy": cfg.strategy, "dataset": ",".join(datasets), "hypergrad": cfg.hypergrad,
-            "tasks": ",".join(t.name for t in cfg.tasks)}
+            "tasks": ",".join(t.name for t in cfg.tasks), "world_size": str(params.distributed.world_size)}
     with tracker("search", params, tags) as trk:
         trk.log_params(cfg.model_dump(mode="json"), prefix="search.")
         logged: set[int] = set()
@@ -57,8 +79,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         if (work / "checkpoint.pt").exists():
             log.info("resuming the search from %s", work / "checkpoint.pt")
             trk.set_tags({"resumed": "true"})
-        # the splits come through the search manifests 'prepare' wrote (fingerprints checked, files named)
-        tasks = load_stage_tasks(PREPARED, "search", list(cfg.tasks), cfg.seed, cfg.val_fraction)
         result = SearchRun(cfg, work, tasks=tasks).run(resume=True, progress=False, callbacks=[on_epoch])
         for row in result.history:  # epochs finished before a resumption
             if int(row["epoch"]) not in logged:

@@ -55,6 +55,13 @@ def _grad_or_zero(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Ten
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like, strict=True)]
 
 
+def _grad(loss: torch.Tensor, wrt: Sequence[torch.Tensor], hp: InnerHParams,
+          create_graph: bool = False) -> list[torch.Tensor]:
+    """Every gradient the engine takes: zeros where unused, then averaged over data-parallel ranks."""
+    grads = _grad_or_zero(torch.autograd.grad(loss, list(wrt), allow_unused=True, create_graph=create_graph), wrt)
+    return hp.grad_mean(grads) if hp.grad_mean is not None else grads
+
+
 def _inner_step(theta: Params, grads: Sequence[torch.Tensor], stage: Stage, anchor: Params, xi: float,
                 hp: InnerHParams, bufs: dict[str, torch.Tensor | None]) -> Params:
     new = {}
@@ -104,7 +111,7 @@ def unroll(problem: Problem, params0: Params, stages: Sequence[Stage], hp: Inner
                 theta = {n: params[n].detach().requires_grad_(True) for n in stage.names}
             loss = problem.train_loss({**params, **theta}, stage.task, batch)
             _check_finite(loss, f"virtual train loss of stage {si} (task {stage.task})")
-            grads = torch.autograd.grad(loss, list(theta.values()), create_graph=create_graph)
+            grads = _grad(loss, list(theta.values()), hp, create_graph=create_graph)
             if not create_graph:
                 theta = {n: t.detach() for n, t in theta.items()}
                 grads = [g.detach() for g in grads]
@@ -150,15 +157,13 @@ def hypergradient(method: str, problem: Problem, params: Params, stages: Sequenc
     params = {n: p.detach() for n, p in params.items()}
     if method == "first_order":
         total, per_task = _val_objective(problem, params, None, val_batches)
-        return HypergradResult(_grad_or_zero(torch.autograd.grad(total, hypers, allow_unused=True), hypers),
-                               float(total.detach()), per_task)
+        return HypergradResult(_grad(total, hypers, hp), float(total.detach()), per_task)
     if method == "exact":
         leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
         final, snaps, _ = unroll(problem, leaves, stages, hp, create_graph=True)
         own = {k: snaps[_own_stage_index(stages, k)] for k in range(len(val_batches))} if val_on == "own" else None
         total, per_task = _val_objective(problem, final, own, val_batches)
-        grads = torch.autograd.grad(total, hypers, allow_unused=True)
-        return HypergradResult(_grad_or_zero(grads, hypers), float(total.detach()), per_task)
+        return HypergradResult(_grad(total, hypers, hp), float(total.detach()), per_task)
     if method == "stagewise":
         return _stagewise(problem, params, stages, val_batches, hp, hypers, fd_eps)
     return _finite_difference(problem, params, stages, val_batches, hp, val_on, hypers, fd_eps)
@@ -175,9 +180,8 @@ def _finite_difference(problem: Problem, params: Params, stages: Sequence[Stage]
         own = {k: {n: p.detach().requires_grad_(True) for n, p in snaps[i].items()} for k, i in own_idx.items()}
     total, per_task = _val_objective(problem, final, own, val_batches)
     leaves = list(final.values()) + [p for k in sorted(own or {}) for p in own[k].values()]
-    grads = torch.autograd.grad(total, hypers + leaves, allow_unused=True)
-    g_hyper = _grad_or_zero(grads[: len(hypers)], hypers)
-    rest = _grad_or_zero(grads[len(hypers):], leaves)
+    grads = _grad(total, hypers + leaves, hp)
+    g_hyper, rest = grads[: len(hypers)], grads[len(hypers):]
     u: Params = dict(zip(final.keys(), rest[: len(final)], strict=True))
     own_adjoint: dict[int, Params] = {}
     offset = len(final)
@@ -214,7 +218,7 @@ def _backstep(problem: Problem, rec: _Record, stage: Stage, u: Params, g_hyper: 
               need_theta: bool) -> None:
     """One inner step backwards: ``g_A -= xi * mixed``; then, if needed, ``u <- u - xi (H u + wd u + lam u)``."""
     u_theta = [u[n] for n in stage.names]
-    hvp, mixed = _central_difference(problem, rec, stage, u_theta, hypers, fd_eps, need_theta)
+    hvp, mixed = _central_difference(problem, rec, stage, u_theta, hypers, fd_eps, need_theta, hp)
     for h, m in zip(g_hyper, mixed, strict=True):
         h.sub_(rec.xi * m)
     if not need_theta:
@@ -241,10 +245,10 @@ def _stagewise(problem: Problem, params: Params, stages: Sequence[Stage], val_ba
         loss = problem.val_loss({**params, **end}, stage.task, val_batches[stage.task])
         _check_finite(loss, f"validation loss of task {stage.task} after stage {si}")
         last_loss[stage.task] = float(loss.detach())
-        grads = torch.autograd.grad(loss, hypers + list(end.values()), allow_unused=True)
-        for h, g in zip(g_hyper, _grad_or_zero(grads[: len(hypers)], hypers), strict=True):
+        grads = _grad(loss, hypers + list(end.values()), hp)
+        for h, g in zip(g_hyper, grads[: len(hypers)], strict=True):
             h.add_(g)
-        u = dict(zip(end.keys(), _grad_or_zero(grads[len(hypers):], list(end.values())), strict=True))
+        u = dict(zip(end.keys(), grads[len(hypers):], strict=True))
         recs = by_stage.get(si, [])
         for rec in reversed(recs):
             _backstep(problem, rec, stage, u, g_hyper, hypers, hp, fd_eps, {}, need_theta=rec is not recs[0])
@@ -253,8 +257,8 @@ def _stagewise(problem: Problem, params: Params, stages: Sequence[Stage], val_ba
 
 
 def _central_difference(problem: Problem, rec: _Record, stage: Stage, u_theta: list[torch.Tensor],
-                        hypers: list[torch.Tensor], fd_eps: float, need_theta: bool = True
-                        ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                        hypers: list[torch.Tensor], fd_eps: float, need_theta: bool = True,
+                        hp: InnerHParams | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``(Hess_theta L u, d/dA <grad_theta L, u>)`` from gradients at ``theta +- eps u`` (DARTS' eps = 0.01/||u||).
 
     With ``need_theta=False`` only A's gradient is taken (no weight gradients: a cheaper backward pass)
@@ -273,7 +277,7 @@ def _central_difference(problem: Problem, rec: _Record, stage: Stage, u_theta: l
             theta = {n: t.requires_grad_(True) for n, t in theta.items()}
             wrt = list(theta.values()) + hypers
         loss = problem.train_loss(theta, stage.task, rec.batch)
-        sides.append(_grad_or_zero(torch.autograd.grad(loss, wrt, allow_unused=True), wrt))
+        sides.append(_grad(loss, wrt, hp or InnerHParams()))
     plus, minus = sides
     diff = [(p - m) / (2 * eps) for p, m in zip(plus, minus, strict=True)]
     n_theta = len(u_theta) if need_theta else 0

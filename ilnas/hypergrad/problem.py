@@ -6,6 +6,7 @@ The engine never touches a real module: a ``Problem`` evaluates losses on parame
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,6 +50,8 @@ class InnerHParams:
     ``momentum_buffers``: one buffer per parameter name (``optimizer_state: shared``).
     ``task_momentum_buffers``: one set per model k (``per_model``); when given, a stage of task k continues
     from (and updates) model k's set, and ``momentum_buffers`` is ignored.
+    ``grad_mean``: averages a list of gradients over data-parallel ranks (differentiably), as the real
+    optimizer's gradients are; ``None`` in one process.
     """
 
     momentum: float = 0.9
@@ -56,6 +59,7 @@ class InnerHParams:
     lam: float = 0.0
     momentum_buffers: dict[str, torch.Tensor] = field(default_factory=dict)
     task_momentum_buffers: dict[int, dict[str, torch.Tensor]] | None = None
+    grad_mean: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
 
 
 class SupernetProblem:

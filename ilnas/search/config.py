@@ -54,11 +54,14 @@ class SearchConfig(BaseModel):
 
     epochs: int = Field(default=10, ge=1)
     iterations_per_epoch: int | None = Field(default=None, ge=1)
-    batch_size: int = Field(default=64, ge=2)
+    batch_size: int = Field(
+        default=64, ge=2, description="the global batch of every stream; under torchrun each of W processes "
+        "draws a disjoint batch_size / W (W must divide it) and gradients are averaged, so the learning "
+        "rates are those of one process with this batch (not rescaled)")
     val_fraction: float = Field(default=0.5, gt=0, lt=1)
     warmup_epochs: int = Field(default=0, ge=0)
     eval_bn_images: int = Field(
-        default=512, ge=16, description="training images per task whose statistics recalibrate BatchNorm "
+        default=256, ge=16, description="training images per task whose statistics recalibrate BatchNorm "
         "before each evaluation (a fixed, seeded subset)")
     early_stop_skips: int | None = Field(
         default=None, ge=1, description="stop the search once the derived normal cell has this many skip "
@@ -88,6 +91,9 @@ class SearchConfig(BaseModel):
     deterministic: bool = False
     num_workers: int = Field(default=0, ge=0)
     checkpoint_every: int = Field(default=1, ge=1, description="epochs between checkpoints")
+    sync_check_every: int = Field(
+        default=10, ge=1, description="under torchrun: iterations between checksums of the architecture "
+        "across ranks (a mismatch stops the search naming the iteration); also checked every epoch")
     lfm: LFMConfig = Field(default_factory=LFMConfig)
 
     @field_validator("strategy")

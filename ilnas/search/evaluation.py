@@ -50,7 +50,7 @@ def recalibrated(model: Supernet, arch_weights: dict[str, torch.Tensor], task: i
 
 @torch.no_grad()
 def evaluate(model: Supernet, arch: nn.Module, tasks: Sequence[TaskData], device: torch.device, batch_size: int,
-             bn_images: int = 512, bn_batch_size: int = 64, seed: int = 0) -> dict[str, float]:
+             bn_images: int = 256, bn_batch_size: int = 64, seed: int = 0) -> dict[str, float]:
     """Per-task validation loss and accuracy, and their means over tasks (comparable for any K).
 
     ``batch_size`` only chunks the validation set (eval mode: it cannot change a number);

@@ -15,6 +15,7 @@ import ilnas
 
 # the ilnas packages a search runs (keep in step with the search stage's deps in dvc.yaml)
 SEARCH_PACKAGES = ("search", "space", "strategies", "hypergrad", "data", "utils")
+SEARCH_FILES = ("__init__.py", "train/distributed.py")  # the process-group setup the search shares with retrain
 
 
 @functools.lru_cache(maxsize=1)
@@ -22,7 +23,7 @@ def code_version() -> str:
     """sha256 (first 12 hex digits) over the paths and bytes of the search's Python sources."""
     root = Path(ilnas.__file__).parent
     digest = hashlib.sha256()
-    files = [root / "__init__.py"] + sorted(p for pkg in SEARCH_PACKAGES for p in (root / pkg).rglob("*.py"))
+    files = [root / f for f in SEARCH_FILES] + sorted(p for pkg in SEARCH_PACKAGES for p in (root / pkg).rglob("*.py"))
     for path in files:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")

@@ -24,12 +24,13 @@ from ilnas.search.checkpoint import CheckpointError, config_differences, load_ch
 from ilnas.search.config import SearchConfig
 from ilnas.search.derivation import alphas_payload
 from ilnas.search.evaluation import evaluate
+from ilnas.search.parallel import SearchWorld, check_global_batch, local_statistics, use_global_batchnorm
 from ilnas.space.architecture import Architecture
 from ilnas.space.genotype import Genotype, collapse_counts
 from ilnas.space.supernet import Supernet
 from ilnas.strategies import get_strategy
 from ilnas.strategies.base import SearchContext, SearchStrategy
-from ilnas.utils.device import amp_enabled, resolve_device, rng_state, seed_everything, set_rng_state
+from ilnas.utils.device import amp_enabled, rng_state, seed_everything, set_rng_state
 from ilnas.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
 
 log = logging.getLogger("ilnas.search")
@@ -90,11 +91,18 @@ def _genotype_line(genotype: Genotype) -> str:
 class SearchRun:
     """Builds everything a search needs once, then runs (or resumes) it epoch by epoch."""
 
-    def __init__(self, config: SearchConfig, out_dir: str | os.PathLike, tasks: list[TaskData] | None = None):
-        """``tasks`` overrides ``config.tasks`` with ready-made views (benchmarks, synthetic data)."""
+    def __init__(self, config: SearchConfig, out_dir: str | os.PathLike, tasks: list[TaskData] | None = None,
+                 world: SearchWorld | None = None):
+        """``tasks`` overrides ``config.tasks`` with ready-made views (benchmarks, synthetic data).
+
+        ``world``: this process's rank and world size; by default joined from torchrun's environment (one
+        process when there is none). Every rank builds the same run; rank 0 alone writes files.
+        """
         self.config = config
         self.out_dir = Path(out_dir)
-        self.device = resolve_device(config.device)
+        self.world = world if world is not None else SearchWorld.from_env(config.device)
+        check_global_batch(config.batch_size, self.world.world_size)
+        self.device = self.world.dist_ctx.device
         seed_everything(config.seed, config.deterministic)
         self.tasks = tasks if tasks is not None else _build_tasks(config)
         first = self.tasks[0]
@@ -103,20 +111,27 @@ class SearchRun:
                               config.partial_channels).to(self.device)
         self.arch = Architecture(config.nodes, edge_normalization=config.partial_channels > 1,
                                  multiplier=config.node_multiplier).to(self.device)
+        if self.world.distributed:  # BatchNorm over the global batch; every replica starts from rank 0's
+            use_global_batchnorm(self.model)
+            self.world.broadcast_(self.model)
+            self.world.broadcast_(self.arch)
         self.w_optimizers = [torch.optim.SGD(group, lr=config.w_lr, momentum=config.w_momentum,
                                              weight_decay=config.w_weight_decay) for group in self._weight_groups()]
         self.w_optimizer = self.w_optimizers[0]
         self.schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs, eta_min=config.w_lr_min)
                            for opt in self.w_optimizers]
         pin = self.device.type == "cuda"
+        shard = (self.world.rank, self.world.world_size)
         stream = lambda ds, salt: CyclingLoader(ds, config.batch_size, seed=config.seed * 1000 + salt,  # noqa: E731
-                                                num_workers=config.num_workers, pin_memory=pin)
+                                                num_workers=config.num_workers, pin_memory=pin, shard=shard)
         self.ctx = SearchContext(
             config=config, model=self.model, arch=self.arch, w_optimizer=self.w_optimizer,
             task_names=[t.name for t in self.tasks], num_classes=[t.num_classes for t in self.tasks],
             train_streams=[stream(t.train, 2 * k) for k, t in enumerate(self.tasks)],
             val_streams=[stream(t.val, 2 * k + 1) for k, t in enumerate(self.tasks)],
             device=self.device, amp=amp_enabled(self.device, config.amp), w_optimizers=self.w_optimizers,
+            grad_mean=self.world.mean if self.world.distributed else None,
+            mean_grads_=self.world.mean_grads_ if self.world.distributed else None,
         )
         self.ctx.extra["tasks"] = self.tasks
         self.strategy: SearchStrategy = get_strategy(config.strategy)(self.ctx)
@@ -154,9 +169,11 @@ class SearchRun:
         return max(1, math.ceil(longest / (cfg.rounds * cfg.inner_steps)))
 
     def evaluate(self) -> dict[str, float]:
+        """Every rank evaluates all of it, on its own statistics (identical weights: identical numbers)."""
         cfg = self.config
-        return evaluate(self.model, self.arch, self.tasks, self.device, cfg.batch_size, cfg.eval_bn_images,
-                        bn_batch_size=cfg.batch_size, seed=cfg.seed)
+        with local_statistics():
+                return evaluate(self.model, self.arch, self.tasks, self.device, cfg.batch_size, cfg.eval_bn_images,
+                            bn_batch_size=cfg.batch_size, seed=cfg.seed)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self, epoch: int) -> dict[str, Any]:
@@ -164,6 +181,7 @@ class SearchRun:
             "epoch": epoch,
             "iteration": self.iteration,
             "code_version": provenance.code_version(),
+            "world_size": self.world.world_size,
             "config": self.config.model_dump(mode="json"),
             "model": self.model.state_dict(),
             "arch": self.arch.state_dict(),
@@ -187,6 +205,9 @@ class SearchRun:
         if saved == current:
             return False
         aside = path.with_name(f"checkpoint.stale-{saved or 'unknown'}.pt")
+        self.world.barrier()  # every rank has read it before rank 0 moves it
+        if not self.world.is_main:
+            return True
         path.replace(aside)
         log.warning("%s was written by other search code (code version %s, now %s): set aside as %s and "
                     "starting over", path, saved, current, aside)
@@ -199,6 +220,11 @@ class SearchRun:
                                "snapshots") if k not in state]
         if missing:
             raise CheckpointError(f"{path}: checkpoint lacks {missing}")
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world.world_size:
+            raise CheckpointError(f"{path}: written by a search on {saved_world} process(es), this one runs on "
+                                  f"{self.world.world_size}; resume with the same distributed settings (the "
+                                  "data shards and batch statistics depend on them) or delete it to start over")
         diff = config_differences(state["config"], self.config.model_dump(mode="json"), RESUME_MAY_CHANGE)
         if diff:
             raise CheckpointError(f"{path}: written by a different search config (differs in {diff}); "
@@ -247,16 +273,18 @@ class SearchRun:
             lr = self.schedulers[0].get_last_lr()[0]
             update_arch = epoch >= cfg.warmup_epochs
             sums: dict[str, float] = {}
-            bar = tqdm(range(n_iter), desc=f"search epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                       disable=(not progress) if progress is not None else None, mininterval=2.0)
+            bar = tqdm(range(n_iter), desc=f"search epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2.0,
+                       disable=True if not self.world.is_main else (not progress) if progress is not None else None)
             for _ in bar:
                 metrics = self.strategy.step(self.iteration, lr, update_arch)
                 self.iteration += 1
+                if self.iteration % cfg.sync_check_every == 0:
+                    self.world.check_same_architecture(self.arch, self.iteration)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
                 bar.set_postfix({k.split("/")[0][:10]: f"{v:.3f}" for k, v in metrics.items() if "loss" in k},
                                 refresh=False)
-                if bar.disable:
+                if bar.disable and self.world.is_main:
                     ticker.tick(self.iteration, epoch + 1, cfg.epochs)
             for sched in self.schedulers:
                 sched.step()
@@ -266,9 +294,13 @@ class SearchRun:
                 self.stopped_early = epoch + 1
                 log.info("early stop after epoch %d: the normal cell has %d skip connections (early_stop_skips %d)",
                          epoch + 1, row["skip_edges/normal"], cfg.early_stop_skips)
+            self.world.check_same_architecture(self.arch, self.iteration)
             if (epoch + 1) % cfg.checkpoint_every == 0 or last or stop_after_epoch == epoch or self.stopped_early:
-                save_checkpoint(self.checkpoint_path, self.state_dict(epoch))
-            self._write_history()
+                if self.world.is_main:
+                    save_checkpoint(self.checkpoint_path, self.state_dict(epoch))
+                self.world.barrier()  # no rank runs ahead of the checkpoint on disk
+            if self.world.is_main:
+                self._write_history()
             for cb in callbacks:
                 cb(epoch + 1, row)
             if stop_after_epoch == epoch and not last:
@@ -288,6 +320,8 @@ class SearchRun:
         self.alpha_rows.append({"epoch": epoch + 1, **self.arch.softmax_snapshot(), **self.strategy.epoch_extras()})
         self.snapshots.append({"epoch": epoch + 1, "val_loss_mean": row["val_loss_mean"],
                                **self.arch.raw_snapshot()})
+        if not self.world.is_main:
+            return row
         log.info("epoch %d/%d lr %.4f | val loss %.4f acc %.3f (mean of %d tasks) | param-free edges "
                  "normal %d/%d reduce %d/%d, skips %d/%d | %.1f s", epoch + 1, cfg.epochs, lr,
                  row["val_loss_mean"], row["val_acc_mean"], len(self.tasks),
@@ -300,18 +334,22 @@ class SearchRun:
         atomic_write_json(self.out_dir / "alpha_history.json", self.alpha_rows)
 
     def _finish(self) -> SearchResult:
+        """Rank 0 writes the results (the other ranks get the same result object, files written by rank 0)."""
         out = self.out_dir
         genotype = self.arch.derive()
-        genotype.to_json(out / "genotype.json")
-        atomic_torch_save(out / "alphas.pt", alphas_payload(self.arch, self.snapshots))
-        self._write_history()
+        if self.world.is_main:
+            genotype.to_json(out / "genotype.json")
+            atomic_torch_save(out / "alphas.pt", alphas_payload(self.arch, self.snapshots))
+            self._write_history()
         final = self.history[-1] if self.history else {}
         metrics = {**self.initial, **{k: v for k, v in final.items() if k != "epoch"},
                    "epochs": len(self.history), "iterations": self.iteration,
                    "stopped_early_epoch": self.stopped_early,
                    "strategy": self.config.strategy, "hypergrad": self.config.hypergrad}
-        atomic_write_json(out / "metrics.json", metrics)
-        log.info("searched genotype: %s", _genotype_line(genotype))
+        if self.world.is_main:
+            atomic_write_json(out / "metrics.json", metrics)
+            log.info("searched genotype: %s", _genotype_line(genotype))
+        self.world.barrier()
         return SearchResult(genotype=genotype, history=self.history, metrics=metrics, out_dir=out,
                             checkpoint=self.checkpoint_path, alphas=out / "alphas.pt",
                             alpha_history=out / "alpha_history.json", history_csv=out / "history.csv",

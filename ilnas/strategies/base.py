@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,9 @@ class SearchContext:
     extra: dict[str, Any] = field(default_factory=dict)
     # optimizer_state: per_model -> one SGD per model k (encoder + head k); shared -> [w_optimizer]
     w_optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
+    # data-parallel search: average gradient lists over ranks (the engine's) and .grad in place (real steps)
+    grad_mean: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
+    mean_grads_: Callable[[list[nn.Parameter]], None] | None = None
 
     def optimizer_for(self, task: int) -> torch.optim.Optimizer:
         """The weight optimizer of model ``task`` (the one shared optimizer when the state is shared)."""
@@ -68,7 +72,8 @@ class SearchContext:
         per_task = optimizer is None and len(self.w_optimizers) > 1
         optimizer = optimizer or self.w_optimizer
         group = optimizer.param_groups[0]
-        hp = InnerHParams(momentum=group["momentum"], weight_decay=group["weight_decay"], lam=self.config.lam)
+        hp = InnerHParams(momentum=group["momentum"], weight_decay=group["weight_decay"], lam=self.config.lam,
+                          grad_mean=self.grad_mean)
         if per_task:
             hp.task_momentum_buffers = {k: buffers(opt) for k, opt in enumerate(self.w_optimizers)}
         else:
@@ -149,6 +154,8 @@ def train_stages(ctx: SearchContext, stages: list[Stage], arch_weights: dict[str
                 raise SearchDivergedError(
                     f"non-finite train loss ({float(total.detach())}) at iteration {iteration}, task {name!r}")
             total.backward()
+            if ctx.mean_grads_ is not None:  # data parallel: every rank steps with the global-batch gradient
+                ctx.mean_grads_([params[n] for n in stage.names])
             nn.utils.clip_grad_norm_([params[n] for n in stage.names], cfg.grad_clip)
             opt.step()
             metrics[f"train_loss/{name}"] = float(loss.detach())

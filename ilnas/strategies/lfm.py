@@ -117,6 +117,9 @@ class LearningFromMistakes(SearchStrategy):
         self.generator: ConditionalVAE | None = None
         self.offsets = [sum(ctx.num_classes[:k]) for k in range(len(ctx.num_classes))]
         if self.cfg.use_generator:
+            if ctx.grad_mean is not None:
+                raise ValueError("search.lfm.use_generator: the generator is trained per process and is not "
+                                 "supported in a data-parallel search; allowed with more than one process: false")
             first = ctx.extra["tasks"][0]
             self.generator = ConditionalVAE(sum(ctx.num_classes), first.in_channels, first.image_size,
                                             self.cfg.generator_latent_dim, self.cfg.generator_hidden).to(ctx.device)
