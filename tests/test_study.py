@@ -41,18 +41,34 @@ def write_spec(tmp_path: Path, **changes) -> Path:
     return path
 
 
-def run_study(tmp_path: Path, spec: Path, **kwargs):
+@pytest.fixture(scope="module")
+def dask_address(prefect_harness) -> str:
+    """One real Dask cluster (2 one-thread worker processes) the studies attach to by address, as on a GPU
+    cluster: its workers keep torch imported between tests and report task runs to the harness's API."""
+    from distributed import LocalCluster
+    from prefect.settings import PREFECT_API_URL
+
+    os.environ["PREFECT_API_URL"] = str(PREFECT_API_URL.value())  # inherited by the worker processes
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            yield cluster.scheduler_address
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+def run_study(tmp_path: Path, spec: Path, address: str | None = None, **kwargs):
     from flows.study import study
 
-    return study(spec_path=str(spec), project_dir=str(tmp_path), workers=2, **kwargs)
+    return study(spec_path=str(spec), project_dir=str(tmp_path), address=address, workers=None if address else 2,
+                 **kwargs)
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_micro_study_end_to_end_and_rerun_runs_nothing(tmp_path: Path, mlflow_uri: str) -> None:
+def test_micro_study_end_to_end_and_rerun_runs_nothing(tmp_path: Path, mlflow_uri: str, dask_address: str) -> None:
     from mlflow.tracking import MlflowClient
 
     spec = write_spec(tmp_path)
-    result = run_study(tmp_path, spec)
+    result = run_study(tmp_path, spec, dask_address)
     assert len(result["ran"]) == 4 and not result["failed"]
     summary = json.loads((tmp_path / "reports/micro/summary.json").read_text())
     for arm in ("il", "random"):
@@ -92,7 +108,7 @@ def test_micro_study_end_to_end_and_rerun_runs_nothing(tmp_path: Path, mlflow_ur
     assert [a.key for a in artifacts] == ["ilnas-study-micro"] and "Welch" in str(artifacts[0].data)
     assert len({t.name for t in task_runs if t.state_type.value == "COMPLETED"}) == 4
 
-    again = run_study(tmp_path, spec)
+    again = run_study(tmp_path, spec, dask_address)
     assert again["ran"] == [] and not again["failed"]
     assert "reused 4 finished" in (tmp_path / "reports/micro/report.md").read_text()
 
@@ -126,12 +142,12 @@ def test_interrupted_study_reruns_only_missing_trials(tmp_path: Path, mlflow_uri
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_failed_trial_is_reported_and_the_others_complete(tmp_path: Path, mlflow_uri: str) -> None:
+def test_failed_trial_is_reported_and_the_others_complete(tmp_path: Path, mlflow_uri: str, dask_address: str) -> None:
     from mlflow.tracking import MlflowClient
 
     arms = [{"name": "diverges", "kind": "search", "params": {"search": {"w_lr": 1.0e30}}},
             {"name": "random", "kind": "random"}]
-    result = run_study(tmp_path, write_spec(tmp_path, arms=arms, search_seeds=[0]))
+    result = run_study(tmp_path, write_spec(tmp_path, arms=arms, search_seeds=[0]), dask_address)
     assert len(result["failed"]) == 1 and len(result["ran"]) == 2
     report = (tmp_path / "reports/micro/report.md").read_text()
     assert "## Failed trials" in report and "SearchDivergedError" in report
