@@ -78,40 +78,6 @@ def _task_states(flow_run_id: str) -> dict[str, str]:
     return {r.name: r.state.name for r in runs}
 
 
-def _git_head(project: Path) -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
-def _exp_show(project: Path) -> list[dict]:
-    import json
-
-    out = subprocess.run([str(Path(sys.executable).parent / "dvc"), "exp", "show", "--json"], cwd=project,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
-def _experiments(project: Path) -> dict[str, dict]:
-    """name -> the experiment's data (params, metrics) as `dvc exp show --json` reports it."""
-    found = {}
-    for row in _exp_show(project):
-        for exp in row.get("experiments") or []:
-            revs = exp.get("revs") or []
-            if revs:
-                found[exp.get("name")] = revs[0].get("data", {})
-    return found
-
-
-def _task_states(flow_run_id: str) -> dict[str, str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name: r.state.name for r in runs}
-
-
 def test_end_to_end_then_everything_skipped(project: Path) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
