@@ -3,7 +3,7 @@
     python bench/search_step.py                       # embedded-default size, K = 1 and 2, every method
     python bench/search_step.py --sizes embedded cifar --iters 2 --methods first_order stagewise
     python bench/search_step.py --reference /tmp/pt.darts            # or DARTS_REFERENCE_DIR=/tmp/pt.darts
-    python bench/search_step.py --reference /tmp/pt.darts --sizes cifar --iters 1 --rounds 1
+    python bench/search_step.py --reference /tmp/pt.darts --sizes cifar --iters 1 --rounds 1 --warmup 0
 
 images/s counts the training images one iteration consumes (K x R x T x batch) over its wall time.
 Peak memory: CUDA max_memory_allocated on GPU; on CPU the growth of the process' peak RSS over
@@ -156,7 +156,8 @@ def _timed(step: Callable[[], None], cuda: bool) -> tuple[float, float]:
     return time.perf_counter() - wall, time.thread_time() - cpu
 
 
-def compare(ref_dir: Path, sizes: list[str], methods: list[str], iters: int, rounds: int, device: str) -> None:
+def compare(ref_dir: Path, sizes: list[str], methods: list[str], iters: int, rounds: int, device: str,
+            warmup: int = 1) -> None:
     """Reference and ilnas iterations alternately in this one process; medians and ratios per order."""
     import torch
 
@@ -173,8 +174,9 @@ def compare(ref_dir: Path, sizes: list[str], methods: list[str], iters: int, rou
         for method in methods:
             cfg, run = _our_run(size, 1, method, dev)
             contenders[f"ilnas {method}"] = (lambda r=run, c=cfg: r.strategy.step(1, c.w_lr, update_arch=True))
-        for step in contenders.values():  # warm-up: allocator, momentum buffers, first-call costs
-            step()
+        for _ in range(warmup):  # allocator, momentum buffers, first-call costs
+            for step in contenders.values():
+                step()
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
         for r in range(rounds):
             for name, step in contenders.items():
@@ -212,6 +214,7 @@ def main() -> None:
                     help="a khanrc/pt.darts checkout to compare with (default: $DARTS_REFERENCE_DIR)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds with a reference")
     ap.add_argument("--threads", type=int, default=1, help="torch threads with a reference")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed iterations per contender with a reference")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.reference:
@@ -219,7 +222,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         compare(Path(args.reference), args.sizes, args.methods or list(REFERENCE_ORDERS.values()), args.iters,
-                args.rounds, args.device)
+                args.rounds, args.device, args.warmup)
         return
     methods = args.methods or list(METHODS)
     if args.one:  # child process: one configuration, JSON on stdout
