@@ -69,3 +69,25 @@ def test_disabled_tracking_is_silent(tmp_path: Path) -> None:
         trk.log_metrics({"x": 1.0})
         trk.log_artifact(tmp_path)
     assert trk.run_id is None and trk.failures == []
+
+
+def test_run_names_tags_and_experiment_kind(tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from ilnas.tracking import run_identity
+
+    monkeypatch.delenv(ENV_PARENT_RUN_ID, raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert run_identity("search", "IL", 2, "finite_difference", 0) == (
+        "search IL K=2 finite_difference seed 0",
+        {"method": "IL", "K": "2", "hypergrad": "finite_difference", "seed": "0", "dvc_exp": "workspace"})
+    monkeypatch.setenv("DVC_EXP_NAME", "darts")  # what `dvc exp run` and the flow set for an experiment
+    name, tags = run_identity("retrain", "DARTS", 1, "first_order", 3)
+    assert name == "retrain DARTS K=1 first_order seed 3 [darts]" and tags["dvc_exp"] == "darts"
+    with StageTracker("retrain", project_dir=tmp_path, tags=tags, run_name=name) as trk:
+        trk.log_metrics({"top1": 0.9})
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(trk.run_id)
+    assert run.info.run_name == name and run.data.tags["method"] == "DARTS" and "git_commit" not in run.data.tags
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
