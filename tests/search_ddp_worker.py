@@ -16,7 +16,7 @@ from ilnas.search import SearchConfig, SearchRun
 from ilnas.search.parallel import ArchitectureDivergedError
 
 TINY = dict(channels=4, cells=3, nodes=2, batch_size=16, deterministic=True, epochs=1, iterations_per_epoch=2,
-            eval_bn_images=32, sync_check_every=1)
+            eval_bn_images=32, sync_check_every=1, batchnorm_stats="global")
 
 
 def config(**overrides) -> SearchConfig:
@@ -40,6 +40,9 @@ def main(out: Path, scenario: str) -> int:
             run = SearchRun(config(hypergrad=method), out / method / "work")
             run.run(progress=False)
             save(run, out / method)
+        run = SearchRun(config(hypergrad="finite_difference", batchnorm_stats="local"), out / "local" / "work")
+        run.run(progress=False)
+        save(run, out / "local")
         run = SearchRun(config(strategy="lfm", hypergrad="finite_difference"), out / "lfm" / "work")
         run.run(progress=False)
         save(run, out / "lfm")

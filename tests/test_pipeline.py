@@ -236,7 +236,7 @@ def test_interrupted_search_resumes_from_its_checkpoint(tmp_path: Path) -> None:
 
     from ilnas.params import load_params
     from ilnas.search.runner import SearchRun
-    from stages.common import SEARCH_WORK, config_hash
+    from stages.search import work_dir
 
     project = init_repo(tmp_path / "project")
     text = (project / "params.yaml").read_text().replace("  epochs: 1\n  iterations_per_epoch", "  epochs: 2\n"
@@ -244,7 +244,7 @@ def test_interrupted_search_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     (project / "params.yaml").write_text(text)
     cfg = load_params(project / "params.yaml").search
     assert cfg.epochs == 2
-    work = project / SEARCH_WORK / config_hash(cfg.model_dump(mode="json"))
+    work = project / work_dir(cfg)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:  # what a search killed after its first epoch leaves behind
@@ -260,7 +260,7 @@ def test_interrupted_search_resumes_from_its_checkpoint(tmp_path: Path) -> None:
                          text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "resuming the search from" in out.stdout + out.stderr
-    assert "resumed from" in out.stdout + out.stderr and "at epoch 1" in out.stdout + out.stderr
+    assert "resumed from" in out.stdout + out.stderr and "at epoch 2" in out.stdout + out.stderr
     assert not work.exists()  # finished: copied into models/search and cleaned up
     import json
 
@@ -269,7 +269,7 @@ def test_interrupted_search_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               filter_string="tags.stage = 'search'")
     assert len(runs) == 1 and runs[0].data.tags.get("resumed") == "true"
-    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss_sum")) == [0, 1]
+    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss_mean")) == [1, 2]
 
 
 def test_retrain_stage_relaunches_under_torchrun(tmp_path: Path) -> None:

@@ -51,6 +51,15 @@ def test_alphas_are_bit_identical_on_both_ranks(runs, method):
     assert a["history"][-1]["val_loss_mean"] == b["history"][-1]["val_loss_mean"]
 
 
+def test_local_batchnorm_statistics_keep_one_architecture(runs):
+    """Per-process BatchNorm statistics (the fast default): running statistics differ, nothing else."""
+    a, b = ranks(runs, "local")
+    assert all(torch.equal(a["arch"][k], b["arch"][k]) for k in a["arch"])
+    weights = [k for k in a["model"] if "running" not in k and "num_batches" not in k]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in weights)
+    assert any(not torch.equal(a["model"][k], b["model"][k]) for k in a["model"] if "running_mean" in k)
+
+
 def test_lfm_class_weights_identical_on_both_ranks(runs):
     a, b = ranks(runs, "lfm")
     assert a["class_weights"] and all(torch.equal(a["class_weights"][k], b["class_weights"][k])

@@ -25,7 +25,11 @@ def search_command(
     from ilnas.search.runner import run_search
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    result = run_search(cfg, out, resume=resume)
+    result = run_search(cfg, out, resume=resume)  # under torchrun: every rank searches, rank 0 writes
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     from ilnas import viz
 
     figures = out / "figures"

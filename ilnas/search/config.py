@@ -91,6 +91,10 @@ class SearchConfig(BaseModel):
     deterministic: bool = False
     num_workers: int = Field(default=0, ge=0)
     checkpoint_every: int = Field(default=1, ge=1, description="epochs between checkpoints")
+    batchnorm_stats: Literal["local", "global"] = Field(
+        default="local", description="under torchrun: BatchNorm statistics of each process's own batch (as "
+        "DataParallel/DDP searches do; fast) or of the global batch (exactly a one-process search with "
+        "batch_size; one all-reduce per BatchNorm call, slow on CPU)")
     sync_check_every: int = Field(
         default=10, ge=1, description="under torchrun: iterations between checksums of the architecture "
         "across ranks (a mismatch stops the search naming the iteration); also checked every epoch")

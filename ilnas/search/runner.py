@@ -111,8 +111,9 @@ class SearchRun:
                               config.partial_channels).to(self.device)
         self.arch = Architecture(config.nodes, edge_normalization=config.partial_channels > 1,
                                  multiplier=config.node_multiplier).to(self.device)
-        if self.world.distributed:  # BatchNorm over the global batch; every replica starts from rank 0's
-            use_global_batchnorm(self.model)
+        if self.world.distributed:  # every replica starts from rank 0's
+            if config.batchnorm_stats == "global":
+                use_global_batchnorm(self.model)
             self.world.broadcast_(self.model)
             self.world.broadcast_(self.arch)
         self.w_optimizers = [torch.optim.SGD(group, lr=config.w_lr, momentum=config.w_momentum,
