@@ -65,7 +65,10 @@ class _SeededFetch(Dataset):
     def _fetch(self, keys: Sequence[tuple[int, int, int]]) -> list[Any]:
         items = []
         for number, position, index in keys:
-            torch.manual_seed(int(np.random.SeedSequence([self.seed, number, position]).generate_state(1)[0]))
+            # the CPU generator the transforms draw from (torch.manual_seed would also seed every accelerator:
+            # 87 us per item against 1.2 us)
+            torch.default_generator.manual_seed(
+                int(np.random.SeedSequence([self.seed, number, position]).generate_state(1)[0]))
             items.append(self.dataset[index])
         return items
 
