@@ -56,7 +56,7 @@ def dask_runner(address: str | None = None, workers: int | None = None,
     if address:
         return DaskTaskRunner(address=address)
     kwargs: dict[str, Any] = {"n_workers": workers or max(1, os.cpu_count() or 1), "threads_per_worker": 1,
-                              "processes": True, "dashboard_address": None}
+                              "processes": True, "dashboard_address": ":0"}  # any free port: never clash
     if resources:
         kwargs["resources"] = dict(resources)
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)

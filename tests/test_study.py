@@ -50,7 +50,7 @@ def dask_address(prefect_harness) -> str:
 
     os.environ["PREFECT_API_URL"] = str(PREFECT_API_URL.value())  # inherited by the worker processes
     try:
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
             yield cluster.scheduler_address
     finally:
         os.environ.pop("PREFECT_API_URL", None)
