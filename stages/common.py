@@ -115,8 +115,6 @@ def tracker(stage: str, params: PipelineParams, tags: Mapping[str, Any] | None =
                         run_name=name)
 
 
-
-
 def clean(value: Any) -> Any:
     """JSON-safe: NaN/inf become null (DVC and browsers reject them), paths become strings."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -19,7 +19,6 @@ model k continues with model k's momentum), whichever the real optimizer keeps:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,16 +63,35 @@ def _grad(loss: torch.Tensor, wrt: Sequence[torch.Tensor], hp: InnerHParams,
 
 def _inner_step(theta: Params, grads: Sequence[torch.Tensor], stage: Stage, anchor: Params, xi: float,
                 hp: InnerHParams, bufs: dict[str, torch.Tensor | None]) -> Params:
-    new = {}
-    for (name, p), g in zip(theta.items(), grads, strict=True):
-        d = g + hp.weight_decay * p
-        if hp.lam and name in anchor:
-            d = d + hp.lam * (p - anchor[name])
-        buf = bufs.get(name)  # detached: the momentum term is a constant of the step
-        step = d if buf is None else hp.momentum * buf + d
-        bufs[name] = step.detach()  # torch.optim.SGD's buffer update (dampening 0)
-        new[name] = p - xi * step
-    return new
+    names, ps = list(theta), list(theta.values())
+    if any(p.requires_grad for p in ps) or any(g.requires_grad for g in grads):  # exact: keep the graph
+        new = {}
+        for name, p, g in zip(names, ps, grads, strict=True):
+            d = g + hp.weight_decay * p
+            if hp.lam and name in anchor:
+                d = d + hp.lam * (p - anchor[name])
+            buf = bufs.get(name)  # detached: the momentum term is a constant of the step
+            step = d if buf is None else hp.momentum * buf + d
+            bufs[name] = step.detach()  # torch.optim.SGD's buffer update (dampening 0)
+            new[name] = p - xi * step
+        return new
+    # the same arithmetic as one multi-tensor op per term (hundreds of parameters: the Python loop showed)
+    d = list(torch._foreach_add(list(grads), ps, alpha=hp.weight_decay)) if hp.weight_decay else list(grads)
+    if hp.lam:
+        idx = [i for i, n in enumerate(names) if n in anchor]
+        pulled = torch._foreach_sub([ps[i] for i in idx], [anchor[names[i]] for i in idx])
+        added = torch._foreach_add([d[i] for i in idx], pulled, alpha=hp.lam)
+        for i, t in zip(idx, added, strict=True):
+            d[i] = t
+    with_buf = [i for i, n in enumerate(names) if bufs.get(n) is not None]
+    if with_buf:
+        moved = torch._foreach_add([d[i] for i in with_buf], torch._foreach_mul(
+            [bufs[names[i]] for i in with_buf], hp.momentum))
+        for i, t in zip(with_buf, moved, strict=True):
+            d[i] = t
+    for name, step in zip(names, d, strict=True):
+        bufs[name] = step
+    return dict(zip(names, torch._foreach_add(ps, d, alpha=-xi), strict=True))
 
 
 class _MomentumBuffers:
@@ -264,14 +282,15 @@ def _central_difference(problem: Problem, rec: _Record, stage: Stage, u_theta: l
     With ``need_theta=False`` only A's gradient is taken (no weight gradients: a cheaper backward pass)
     and the Hessian-vector part comes back empty.
     """
-    norm = math.sqrt(sum(float((v * v).sum()) for v in u_theta))
+    norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(u_theta)))) if u_theta else 0.0
     if norm == 0.0:
         return (_zeros_like_all(u_theta) if need_theta else []), _zeros_like_all(hypers)
     eps = fd_eps / norm
     sides = []
+    start = [rec.theta[n] for n in stage.names]
     for sign in (1.0, -1.0):
         with torch.no_grad():
-            theta = {n: rec.theta[n] + sign * eps * v for n, v in zip(stage.names, u_theta, strict=True)}
+            theta = dict(zip(stage.names, torch._foreach_add(start, u_theta, alpha=sign * eps), strict=True))
         wrt = hypers
         if need_theta:
             theta = {n: t.requires_grad_(True) for n, t in theta.items()}
@@ -279,7 +298,7 @@ def _central_difference(problem: Problem, rec: _Record, stage: Stage, u_theta: l
         loss = problem.train_loss(theta, stage.task, rec.batch)
         sides.append(_grad(loss, wrt, hp or InnerHParams()))
     plus, minus = sides
-    diff = [(p - m) / (2 * eps) for p, m in zip(plus, minus, strict=True)]
+    diff = torch._foreach_div(torch._foreach_sub(plus, minus), 2 * eps)
     n_theta = len(u_theta) if need_theta else 0
     return diff[:n_theta], diff[n_theta:]
 
