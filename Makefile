@@ -40,7 +40,9 @@ study: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check ilnas stages flows tests bench
-	$(BIN)/python -m pytest -q -x --durations=15 tests
+	# two workers, one test file each at a time (module fixtures stay on one worker): most tests wait on
+	# subprocesses, servers and one-thread torch, so 2 cores carry two files at once
+	$(BIN)/python -m pytest -q -x -n 2 --dist loadfile --durations=15 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check ilnas stages flows tests bench

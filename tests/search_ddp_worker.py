@@ -15,8 +15,8 @@ import torch
 from ilnas.search import SearchConfig, SearchRun
 from ilnas.search.parallel import ArchitectureDivergedError
 
-TINY = dict(channels=4, cells=3, nodes=2, batch_size=16, deterministic=True, epochs=1, iterations_per_epoch=2,
-            eval_bn_images=32, sync_check_every=1, batchnorm_stats="global")
+TINY = dict(channels=4, cells=3, nodes=2, batch_size=16, deterministic=True, epochs=1, iterations_per_epoch=1,
+            eval_bn_images=16, val_fraction=0.1, sync_check_every=1, batchnorm_stats="global")
 
 
 def config(**overrides) -> SearchConfig:

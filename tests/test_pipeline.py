@@ -230,31 +230,38 @@ def test_dvc_exp_run_without_an_activated_venv(project: Path) -> None:
     assert [r.info.run_name for r in runs] == ["search IL K=2 finite_difference seed 0 [fd]"]
 
 
-def test_interrupted_search_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+def test_interrupted_search_resumes_from_its_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
     from mlflow.tracking import MlflowClient
 
+    from ilnas.data.prepare import load_stage_tasks
     from ilnas.params import load_params
     from ilnas.search.runner import SearchRun
+    from stages.common import PREPARED
     from stages.search import work_dir
 
     project = init_repo(tmp_path / "project")
     text = (project / "params.yaml").read_text().replace("  epochs: 1\n  iterations_per_epoch", "  epochs: 2\n"
                                                          "  iterations_per_epoch")
     (project / "params.yaml").write_text(text)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    prepared = subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=project, env=env, capture_output=True,
+                              text=True, timeout=400)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
     cfg = load_params(project / "params.yaml").search
     assert cfg.epochs == 2
-    work = project / work_dir(cfg)
+    monkeypatch.chdir(project)
+    work = work_dir(cfg)
+    tasks = load_stage_tasks(PREPARED, "search", list(cfg.tasks), cfg.seed, cfg.val_fraction)  # as the stage does
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:  # what a search killed after its first epoch leaves behind
         with pytest.raises(KeyboardInterrupt):
-            SearchRun(cfg, work).run(progress=False, stop_after_epoch=0)
+            SearchRun(cfg, work, tasks=tasks).run(progress=False, stop_after_epoch=0)
     finally:
         torch.set_num_threads(threads)
     assert (work / "checkpoint.pt").exists()
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     # the same command `dvc repro` runs for the stage (the stage scripts also work alone)
     out = subprocess.run([sys.executable, "-m", "stages.search"], cwd=project, env=env, capture_output=True,
                          text=True, timeout=400)
@@ -278,6 +285,9 @@ def test_retrain_stage_relaunches_under_torchrun(tmp_path: Path) -> None:
     from ilnas.space.genotype import DARTS_V2
 
     project = init_repo(tmp_path / "project")
+    prepared = subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=project, capture_output=True, text=True,
+                              timeout=400)  # retrain reads its split through the manifests prepare writes
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
     params = (project / "params.yaml").read_text().replace("distributed: {nproc_per_node: 1",
                                                            "distributed: {nproc_per_node: 2")
     (project / "params.yaml").write_text(params)
@@ -290,5 +300,6 @@ def test_retrain_stage_relaunches_under_torchrun(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string="tags.stage = 'retrain'")
     assert [r.data.tags["world_size"] for r in runs] == ["2"]  # one run: only rank 0 tracks
