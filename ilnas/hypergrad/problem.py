@@ -1,12 +1,14 @@
 """What the hypergradient engine differentiates: losses of a parameter dict, and the hyper-parameters.
 
-The engine never touches a real module: a ``Problem`` evaluates losses on parameter dicts through
-``torch.func.functional_call`` with cloned BatchNorm buffers.
+The engine never touches a real module's state: a ``Problem`` evaluates losses on parameter dicts through
+``torch.func.functional_call``, with BatchNorm's running statistics left as they are (see
+:func:`running_stats_frozen`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,19 +64,37 @@ class InnerHParams:
     grad_mean: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
 
 
+@contextmanager
+def running_stats_frozen(norms: Sequence[nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
+    """BatchNorm in train mode normalises with the batch's statistics and, untracked, updates nothing.
+
+    The engine's virtual passes must not move the real running statistics, and nothing reads statistics they
+    would accumulate (train mode never uses running statistics; eval mode is unaffected by the flag). So no
+    buffer is cloned or swapped: ``functional_call`` swaps the parameters only (a third of the tensors).
+    """
+    tracked = [m for m in norms if m.track_running_stats]
+    for m in tracked:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in tracked:
+            m.track_running_stats = True
+
+
 class SupernetProblem:
     """Cross-entropy of ``supernet(x, arch(), task)`` evaluated on parameter dicts (Betty-style)."""
 
     def __init__(self, model: nn.Module, arch: nn.Module):
         self.model, self.arch = model, arch
-        # virtual steps run BatchNorm in train mode on clones: real running statistics never move
-        self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def hypers(self) -> list[torch.Tensor]:
         return list(self.arch.parameters())
 
     def logits(self, params: Params, task: int, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, {**params, **self.buffers}, (x, self.arch(), task), strict=False)
+        with running_stats_frozen(self.norms):  # parameters only: no tied weights, so no untying walk either
+            return functional_call(self.model, params, (x, self.arch(), task), strict=False, tie_weights=False)
 
     def train_loss(self, params: Params, task: int, batch: Batch) -> torch.Tensor:
         x, y = batch

@@ -37,11 +37,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.utils.data import DataLoader
 
 from ilnas.hypergrad import Stage, hypergradient
-from ilnas.hypergrad.problem import Batch, Params
+from ilnas.hypergrad.problem import Batch, Params, SupernetProblem
 from ilnas.strategies import register_strategy
 from ilnas.strategies._generator import ConditionalVAE
 from ilnas.strategies.base import (
@@ -75,19 +74,15 @@ def weighted_cross_entropy(logits: torch.Tensor, y: torch.Tensor, weights: torch
     return (weights[y] * nn.functional.cross_entropy(logits.float(), y, reduction="none")).mean()
 
 
-class ClassWeightedProblem:
+class ClassWeightedProblem(SupernetProblem):
     """W2's problem for the engine: class-weighted train loss, plain val loss; ``hypers`` picks what gets gradients."""
 
     def __init__(self, model: nn.Module, arch: nn.Module, class_weights: ClassWeights, hypers: list[torch.Tensor]):
-        self.model, self.arch, self.class_weights, self._hypers = model, arch, class_weights, hypers
-        # virtual steps run BatchNorm in train mode on clones: real running statistics never move
-        self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        super().__init__(model, arch)
+        self.class_weights, self._hypers = class_weights, hypers
 
     def hypers(self) -> list[torch.Tensor]:
         return self._hypers
-
-    def logits(self, params: Params, task: int, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, {**params, **self.buffers}, (x, self.arch(), task), strict=False)
 
     def train_loss(self, params: Params, task: int, batch: Batch) -> torch.Tensor:
         x, y = batch
