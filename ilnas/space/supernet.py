@@ -151,8 +151,9 @@ class MixedOp(nn.Module):
 
     def _mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         ops, idx, s = self.ops, self._index, self.stride
-        # one contiguous row of per-channel scales per candidate (see _batch_norm on why contiguous)
-        scale = weights[:, None].expand(-1, x.shape[1]).contiguous()
+        # one contiguous row of per-channel scales per candidate (see _batch_norm on why contiguous); unbind is
+        # one op forward and backward where a select per candidate costs a zero-filled gradient each
+        scale = weights[:, None].expand(-1, x.shape[1]).contiguous().unbind(0)
         r = F.relu(x)
         out = _batch_norm(ops[idx["max_pool_3x3"]][1], F.max_pool2d(x, 3, s, 1), scale[idx["max_pool_3x3"]])
         out = out + _batch_norm(ops[idx["avg_pool_3x3"]][1],
@@ -188,14 +189,18 @@ class SearchCell(nn.Module):
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
                 edge_weights: torch.Tensor | None) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        rows = weights.unbind(0)  # one op (and one backward) for all edges instead of a select per edge
         offset = 0
         for _ in range(self.nodes):
             terms = []
             for j, h in enumerate(states):
-                y = self.edges[offset + j](h, weights[offset + j])
+                y = self.edges[offset + j](h, rows[offset + j])
                 terms.append(y if edge_weights is None else edge_weights[offset + j] * y)
             offset += len(states)
-            states.append(sum(terms))
+            node = terms[0]
+            for t in terms[1:]:
+                node = node + t
+            states.append(node)
         return torch.cat(states[-self.multiplier :], dim=1)
 
 
