@@ -67,18 +67,23 @@ class SafeCheckpointSaver(CheckpointSaver):
         torch.save(state, save_path)
 
 
-def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a training checkpoint with ``weights_only=True``; CheckpointError names the file on any problem."""
-    path = Path(path)
+def _read_verified(path: Path, what: str) -> Any:
+    """``torch.load(weights_only=True)`` after the zip members' CRC check; CheckpointError names the file."""
     try:
         verify_zip_members(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: checkpoint file does not exist") from exc
+        raise CheckpointError(f"{path}: {what} file does not exist") from exc
     except IntegrityError as exc:
         raise CheckpointError(str(exc)) from None
     except Exception as exc:  # corrupt zip, truncated file, non-weights pickle, ...
-        raise CheckpointError(f"{path}: cannot read checkpoint ({short_reason(exc)})") from exc
+        raise CheckpointError(f"{path}: cannot read {what} ({short_reason(exc)})") from exc
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training checkpoint with ``weights_only=True``; CheckpointError names the file on any problem."""
+    path = Path(path)
+    state = _read_verified(path, "checkpoint")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a training checkpoint (got {type(state).__name__}, expected a dict)")
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -134,15 +139,7 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]
     the rule :func:`save_final_weights` follows, so fine-tuning starts from what the run reported.
     """
     path = Path(path)
-    try:
-        verify_zip_members(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: weights file does not exist") from exc
-    except IntegrityError as exc:
-        raise CheckpointError(str(exc)) from None
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: cannot read weights ({short_reason(exc)})") from exc
+    state = _read_verified(path, "weights")
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"{path}: not a weights file (expected a dict with 'state_dict')")
     if "weights" in state:
