@@ -46,10 +46,19 @@ def test_evaluation_ignores_validation_order_and_batch_size(tmp_path):
     for key, value in shuffled.items():
         assert by_class[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
         assert small[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
-    # and evaluating moved nothing: the supernet's own running statistics are untouched
+    # and evaluating moved nothing: the supernet's own running statistics, momenta and mode are as they were
+    norms = [m for m in run.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     evaluate(run.model, run.arch, run.tasks, run.device, batch_size=32, bn_images=64)
     assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+    assert run.model.training and [m.momentum for m in norms] == momenta
+    # also when the evaluation fails half-way
+    broken = [dataclasses.replace(run.tasks[0], val=[("not an image", 0)])]
+    with pytest.raises(Exception):
+        evaluate(run.model, run.arch, broken, run.device, batch_size=32, bn_images=64)
+    assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+    assert run.model.training and [m.momentum for m in norms] == momenta
 
 
 def test_headline_is_a_mean_over_tasks(tmp_path):
