@@ -1,7 +1,9 @@
 """``python -m flows``: validate the variant, then run the Prefect flow once (what ``make run`` calls).
 
 Validation comes first and imports no Prefect: a typo in ``-S`` fails in about a second with one message
-and exit code 2, before any Prefect server starts and without leaving a flow run behind.
+and exit code 2, before any Prefect server starts and without leaving a flow run behind. Known errors end
+through :func:`ilnas.errors.guarded` like every other entry point: one block, exit 2 for bad input and 1 for
+a failed stage; ``--debug`` or ``ILNAS_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ilnas.params import ParamsError
+from ilnas.errors import guarded, strip_debug_flag
 
 MLFLOW_PORT = 5000
 PREFECT_PORT = 4200
@@ -32,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per stage attempt")
     p.add_argument("--project-dir", default=".")
     p.add_argument("--no-track", action="store_true", help="no MLflow parent run")
+    p.add_argument("--debug", action="store_true", help="show the traceback of a known error (or ILNAS_DEBUG=1)")
     return p
 
 
@@ -66,27 +69,23 @@ def where_to_look(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = strip_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    return guarded(lambda: _run(parser().parse_args(argv)), "python -m flows")
+
+
+def _run(args: argparse.Namespace) -> int:
     from ilnas.tracking import telemetry_off
 
     telemetry_off()
     from flows.variants import resolve_variant
 
-    try:
-        resolve_variant(args.project_dir, args.overrides, args.preset, args.name)
-    except ParamsError as exc:
-        print(f"ilnas pipeline: {exc}", file=sys.stderr)
-        return 2
+    resolve_variant(args.project_dir, args.overrides, args.preset, args.name)  # ParamsError: exit 2, no Prefect
 
-    from flows.pipeline import StageFailed, pipeline
+    from flows.pipeline import pipeline
 
-    try:
-        result = pipeline(project_dir=args.project_dir, overrides=args.overrides, preset=args.preset, name=args.name,
-                          stages=args.stages, force=args.force, retries=args.retries, timeout_s=args.timeout,
-                          track=not args.no_track)
-    except (ParamsError, StageFailed) as exc:
-        print(f"\nilnas pipeline failed: {exc}", file=sys.stderr)
-        return 1
+    result = pipeline(project_dir=args.project_dir, overrides=args.overrides, preset=args.preset, name=args.name,
+                      stages=args.stages, force=args.force, retries=args.retries, timeout_s=args.timeout,
+                      track=not args.no_track)
     if result.get("parent_run_id") and result.get("tracking_uri"):
         try:
             from mlflow.tracking import MlflowClient

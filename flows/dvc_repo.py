@@ -180,7 +180,9 @@ class Workspace:
             path = project / rel
             self.saved[rel] = path.read_bytes() if path.is_file() else None
 
-    def restore(self) -> None:
+    def restore(self, checkout: bool = True) -> None:
+        """Write the saved bytes back; ``checkout``: also bring DVC's cached outs back to the restored lock
+        (a variant's run; a failed plain run keeps the outputs of the stages that finished where they are)."""
         for rel, data in self.saved.items():
             path = self.project / rel
             if data is None:
@@ -188,6 +190,8 @@ class Workspace:
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
+        if not checkout:
+            return
         # the cached outs back to what the restored dvc.lock records (missing cache: left as DVC leaves it)
         subprocess.run(dvc_command("checkout", "--force", "--allow-missing", "-q"), cwd=self.project,
                        capture_output=True, text=True, timeout=600)

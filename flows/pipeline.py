@@ -49,7 +49,9 @@ from ilnas.params import ParamsError
 from ilnas.tracking import (
     ENV_PARENT_RUN_ID,
     TELEMETRY_OFF,
+    TrackingUnavailable,
     end_parent_run,
+    not_logged_summary,
     start_parent_run,
     telemetry_off,
     tracking_uri,
@@ -168,7 +170,8 @@ def pipeline(project_dir: str = ".", overrides: list[str] | None = None, preset:
              name: str | None = None, stages: list[str] | None = None, force: bool = False, retries: int = 1,
              retry_delay_s: float = 5.0, timeout_s: float = 3600.0, track: bool = True) -> dict[str, Any]:
     """prepare -> search -> derive -> retrain -> transfer (DVC's DAG), each a retried DVC stage; a variant
-    (``overrides``, ``preset``, ``name``) is saved as the DVC experiment ``name`` and the workspace restored."""
+    (``overrides``, ``preset``, ``name``) is saved as the DVC experiment ``name`` and the workspace restored.
+    A run that fails leaves every git-tracked file it touches as it was before the run."""
     logger = get_run_logger()
     telemetry_off()
     project = Path(project_dir).resolve()
@@ -207,12 +210,15 @@ def pipeline(project_dir: str = ".", overrides: list[str] | None = None, preset:
                       "dataset": ",".join(sorted({t.dataset for t in params.search.tasks})),
                       "overrides": " ".join(variant.overrides), "preset": variant.preset or ""},
                 params=params.model_dump(mode="json"), project_dir=project)
+        except TrackingUnavailable as exc:  # the stages probe the same store and skip tracking just as fast
+            logger.warning("%s: no MLflow runs for this pipeline; every output is still written", exc)
         except Exception as exc:  # noqa: BLE001 - tracking must not stop the pipeline
-            logger.warning("MLflow parent run could not be created (%s: %s); stages log their own runs",
+            logger.warning("MLflow parent run could not be created (%s: %s); the stages try their own runs",
                            type(exc).__name__, exc)
 
     # 3. the variant goes into the workspace the way `dvc exp run -S` puts it there
-    workspace = Workspace(project, _workspace_paths(dag)) if exp else None
+    # every run: a variant's workspace is always put back, a failed run's too (git-tracked files as they were)
+    workspace = Workspace(project, _workspace_paths(dag))
     if exp:
         (project / "params.yaml").write_text(variant.text)
         logger.info("experiment %s: %s", exp, " ".join(filter(None, [variant.preset, *variant.overrides])) or
@@ -242,8 +248,13 @@ def pipeline(project_dir: str = ".", overrides: list[str] | None = None, preset:
         failure = exc
         raise
     finally:
-        if workspace is not None:
+        if exp:
             workspace.restore()
+        elif failure is not None:
+            workspace.restore(checkout=False)
+            logger.warning("pipeline failed: params.yaml, dvc.lock and the metrics are back as they were before "
+                           "this run; the outputs of the stages that finished stay in the workspace and in DVC's "
+                           "run cache (the next run restores them instead of recomputing)")
         ran = [r["stage"] for r in rows if r["status"] == "ran"]
         verdict = "failed" if failure else ("ran " + ", ".join(ran) if ran else "nothing to run: every stage current")
         header = (f"# ilnas pipeline: {verdict}\n\n{method} K={len(params.search.tasks)} {params.search.hypergrad}, "
@@ -264,6 +275,9 @@ def pipeline(project_dir: str = ".", overrides: list[str] | None = None, preset:
             except Exception as exc:  # noqa: BLE001
                 logger.warning("MLflow parent run not closed cleanly: %s", exc)
     logger.info("\n%s", md)
+    missed = not_logged_summary()
+    if missed:
+        logger.warning("%s", missed)
     return {"stages": rows, "parent_run_id": parent, "tracking_uri": uri, "project": str(project),
             "flow_run_id": flow_run_id, "experiment": exp, "flow_run_url": flow_run_runtime.ui_url,
             "mlflow_experiment": params.tracking.experiment}

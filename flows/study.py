@@ -32,7 +32,8 @@ from prefect.cache_policies import NONE
 from prefect.futures import as_completed
 from prefect.runtime import flow_run as flow_run_runtime
 
-from ilnas.study.spec import StudySpecError, load_spec, spec_hash
+from ilnas.errors import guarded, strip_debug_flag
+from ilnas.study.spec import load_spec, spec_hash
 from ilnas.study.trials import Trial, code_version, expand_trials
 from ilnas.tracking import git_commit, telemetry_off, tracking_uri
 
@@ -226,15 +227,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="local cluster workers (default: one per core)")
     parser.add_argument("--project-dir", default=".")
     parser.add_argument("--no-track", action="store_true", help="no MLflow runs")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a known error (or ILNAS_DEBUG=1)")
+    argv = strip_debug_flag(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     telemetry_off()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the local workers
-    try:
-        result = study(spec_path=args.spec, overrides=args.overrides, project_dir=args.project_dir,
-                       address=args.address, workers=args.workers, track=not args.no_track)
-    except StudySpecError as exc:
-        print(f"\nilnas study: {exc}", file=sys.stderr)
-        return 2
+    # a bad spec or override (StudySpecError, ParamsError) ends as one block with exit 2, like every entry point
+    result = guarded(lambda: study(spec_path=args.spec, overrides=args.overrides, project_dir=args.project_dir,
+                                   address=args.address, workers=args.workers, track=not args.no_track),
+                     "python -m flows.study")
     print(f"\nreport: {result['report']}  ({len(result['ran'])} trial(s) ran, {len(result['failed'])} failed, "
           f"{result['wall_s']:.0f} s)")
     if result.get("parent_run_id"):

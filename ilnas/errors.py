@@ -42,6 +42,22 @@ class IntegrityError(InputError):
     """A file the project wrote was damaged or does not match its recorded content hash."""
 
 
+class DataError(InputError):
+    """A dataset a task names cannot be used as given (a class id out of range, an unknown class folder)."""
+
+
+class DataMissingError(IlnasError, FileNotFoundError):
+    """A dataset root, split, class folder or image set a task needs is not on disk: the message names the path."""
+
+    exit_code = EXIT_INPUT
+
+
+class DataDamagedError(IlnasError, RuntimeError):
+    """Dataset files are on disk but damaged or not the expected release (a failed integrity check)."""
+
+    exit_code = EXIT_INPUT
+
+
 class RunFailed(IlnasError, RuntimeError):
     """A run that started from valid input failed for a known reason (divergence, a stage that failed)."""
 
@@ -60,7 +76,9 @@ KNOWN_BY_NAME: dict[str, int] = {
     "ilnas.data.prepare.ManifestError": EXIT_INPUT,
     "ilnas.utils.overrides.OverrideError": EXIT_INPUT,
     "ilnas.strategies.base.SearchDivergedError": EXIT_FAILURE,
+    "ilnas.study.spec.StudySpecError": EXIT_INPUT,
     "flows.pipeline.StageFailed": EXIT_FAILURE,
+    "flows.dvc_repo.DvcError": EXIT_FAILURE,  # a DVC command the flow needs failed; the message is DVC's
     "builtins.FloatingPointError": EXIT_FAILURE,  # the training loops' non-finite-loss stop (message names epoch)
 }
 

@@ -74,6 +74,40 @@ def test_failing_stage_is_retried_and_named(tmp_path: Path, prefect_harness: Non
     assert (project / "b.txt").read_text() == "ab"  # the stages before it ran
 
 
+# `second` rewrites a git-tracked metrics file (cache: false: DVC deletes it before running the stage) and
+# `boom` fails after it: the state a failed `make run` used to leave behind
+RESTORE_DVC = SEED_DVC + """\
+  boom:
+    cmd: python -c "raise SystemExit(3)"
+    deps: [b.txt]
+    outs: [never.txt]
+"""
+SECOND_SEEDED = ("t = open('a.txt').read()\nopen('b.txt', 'w').write(t + 'b')\n"
+                 "open('m.json', 'w').write('{\"n\": ' + t + '}')\n")
+
+
+def test_a_failed_run_leaves_every_git_tracked_file_as_it_was(tmp_path: Path, prefect_harness: None) -> None:
+    from flows.pipeline import StageFailed, pipeline
+
+    files = {"dvc.yaml": RESTORE_DVC, "second.py": SECOND_SEEDED, "params.yaml": MICRO_PARAMS}
+    project = init_repo(tmp_path / "toy", files, copy_project=False)
+    subprocess.run([DVC, "repro", "second"], cwd=project, check=True, capture_output=True, timeout=300)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "commit", "-qm", "first results"], cwd=project, check=True)
+    # the user edits params (seed 0 -> 7): first and second rerun and rewrite dvc.lock and m.json, then boom fails
+    (project / "params.yaml").write_text(MICRO_PARAMS.replace("seed: 0", "seed: 7", 1))
+    tracked = subprocess.run(["git", "ls-files"], cwd=project, capture_output=True, text=True,
+                             check=True).stdout.split()
+    before = {rel: (project / rel).read_bytes() for rel in tracked}
+    with pytest.raises(StageFailed, match="stage 'boom'"):
+        pipeline(project_dir=str(project), retries=0, track=False)
+    assert (project / "b.txt").read_text() == "7b"  # the stages before it ran with the new seed...
+    after = {rel: (project / rel).read_bytes() for rel in tracked}
+    assert after == before  # ...and dvc.lock, m.json and the edited params.yaml are byte for byte as they were
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=project, capture_output=True, text=True).stdout
+    assert status.split() == ["M", "params.yaml"], status  # only the user's own edit
+
+
 def _task_states(flow_run_id: str) -> dict[str, str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -183,6 +217,7 @@ def test_cli_typo_exits_2_without_prefect(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - started
     assert out.returncode == 2, out.stdout + out.stderr
     assert "search.hypergad" in out.stderr and "hypergrad" in out.stderr
+    assert out.stderr.startswith("python -m flows: error:") and "--debug" in out.stderr  # as every entry point
     assert "Traceback" not in out.stderr and "prefect" not in (out.stdout + out.stderr).lower()
     assert not (tmp_path / "prefect-home").exists()  # Prefect never started (it creates its home on start)
     assert not (project / "a.txt").exists() and (project / "params.yaml").read_text() == MICRO_PARAMS

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from ilnas.data.spec import TaskConfig
+from ilnas.errors import DataDamagedError, DataError, DataMissingError, RunFailed
 
 Transform = Callable[[Any], Any]
 
@@ -93,7 +94,7 @@ def select_classes(cfg: TaskConfig, targets: np.ndarray,
     classes = list(range(num_available)) if cfg.classes is None else list(cfg.classes)
     for c in classes:
         if not 0 <= c < num_available:
-            raise ValueError(f"task {cfg.name!r}: class id {c} is out of range for dataset {cfg.dataset!r}; "
+            raise DataError(f"task {cfg.name!r}: class id {c} is out of range for dataset {cfg.dataset!r}; "
                              f"allowed: 0..{num_available - 1}")
     lut = np.full(num_available, -1, dtype=np.int64)
     lut[classes] = np.arange(len(classes))
@@ -193,18 +194,18 @@ def _load_cifar(cfg: TaskConfig, train: bool) -> Dataset:
     files = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     missing = [name for name in files if not (folder / name).is_file()]
     if missing and not cfg.download:
-        raise FileNotFoundError(
+        raise DataMissingError(
             f"task {cfg.name!r}: {label} not found at {folder} (missing {', '.join(missing)}); download is off "
             f"(download: false): extract {cls.filename} into {cfg.root} or set download: true")
     try:
         return cls(root=str(cfg.root), train=train, transform=None, download=cfg.download)
     except RuntimeError as exc:
-        raise RuntimeError(
+        raise DataDamagedError(
             f"task {cfg.name!r}: {label} under {folder} failed torchvision's integrity check (md5 of "
             f"{', '.join(files)} against the official release): corrupted or not the official files ({exc})"
         ) from exc
     except OSError as exc:  # a download that cannot reach the network
-        raise RuntimeError(f"task {cfg.name!r}: {label} could not be downloaded into {folder}: {exc}") from exc
+        raise RunFailed(f"task {cfg.name!r}: {label} could not be downloaded into {folder}: {exc}") from exc
 
 
 def build_cifar(cfg: TaskConfig, seed: int, val_fraction: float, train_transform: Transform | None = None,
@@ -251,18 +252,18 @@ def _scan_folder(directory: Path, cfg: TaskConfig, class_to_idx: dict[str, int] 
     try:
         classes, found = find_classes(directory)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"task {cfg.name!r}: no class folders under {directory} (expected "
+        raise DataMissingError(f"task {cfg.name!r}: no class folders under {directory} (expected "
                                 f"{directory}/CLASS/*.png or train/CLASS/*.png): {exc}") from exc
     if class_to_idx is None:
         class_to_idx = found
     else:
         unknown = sorted(set(classes) - set(class_to_idx))
         if unknown:
-            raise ValueError(f"task {cfg.name!r}: {directory} has class folder(s) {unknown} that the training "
+            raise DataError(f"task {cfg.name!r}: {directory} has class folder(s) {unknown} that the training "
                              f"set lacks; allowed: {sorted(class_to_idx)}")
     samples = make_dataset(str(directory), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     if not samples:
-        raise FileNotFoundError(f"task {cfg.name!r}: no images ({', '.join(IMG_EXTENSIONS)}) under {directory}")
+        raise DataMissingError(f"task {cfg.name!r}: no images ({', '.join(IMG_EXTENSIONS)}) under {directory}")
     return samples, sorted(class_to_idx, key=class_to_idx.__getitem__)
 
 
@@ -286,7 +287,7 @@ def build_imagefolder(cfg: TaskConfig, seed: int, val_fraction: float, train_tra
     """
     root = Path(cfg.root or ".")
     if not root.is_dir():
-        raise FileNotFoundError(f"task {cfg.name!r}: ImageFolder root {root} does not exist")
+        raise DataMissingError(f"task {cfg.name!r}: ImageFolder root {root} does not exist")
     side = image_size or 32
     default_train, default_eval = imagefolder_transforms(side)
     train_tf = train_transform if train_transform is not None else default_train
@@ -342,7 +343,7 @@ def build_task(cfg: TaskConfig, seed: int = 0, val_fraction: float = 0.5, *,
     try:
         builder = BUILDERS[cfg.dataset]
     except KeyError:
-        raise ValueError(
+        raise DataError(
             f"task {cfg.name!r}: dataset {cfg.dataset!r} has no builder; allowed: {sorted(BUILDERS)}") from None
     return builder(cfg, seed, val_fraction, train_transform=train_transform, eval_transform=eval_transform,
                    image_size=image_size)

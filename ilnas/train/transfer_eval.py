@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
+from ilnas.errors import DataError, DataMissingError
 from ilnas.nets.profile import count_macs, count_params
 from ilnas.space.genotype import Genotype, load_genotype
 from ilnas.train.augment import imagenet_transforms
@@ -51,14 +52,19 @@ def imagefolder_datasets(root: str | os.PathLike, cfg: TransferConfig) -> tuple[
     root = Path(root)
     for split in (cfg.train_split, cfg.val_split):
         if not (root / split).is_dir():
-            raise FileNotFoundError(f"{root / split}: missing; an ImageNet-layout folder needs "
-                                    f"{cfg.train_split}/CLASS/*.jpeg and {cfg.val_split}/CLASS/*.jpeg")
+            raise DataMissingError(f"{root / split}: missing; an ImageNet-layout folder needs "
+                                   f"{cfg.train_split}/CLASS/*.jpeg and {cfg.val_split}/CLASS/*.jpeg")
     train_tf, eval_tf = imagenet_transforms(cfg.recipe, cfg.image_size, cfg.train_scale_min, cfg.hflip, cfg.crop_pct,
                                             cfg.color_jitter, cfg.auto_augment, cfg.re_prob)
-    splits = [ImageFolder(str(root / cfg.train_split), transform=train_tf),
-              ImageFolder(str(root / cfg.val_split), transform=eval_tf)]
+    splits = []
+    for split, tf in ((cfg.train_split, train_tf), (cfg.val_split, eval_tf)):
+        try:
+            splits.append(ImageFolder(str(root / split), transform=tf))
+        except FileNotFoundError as exc:  # torchvision: no class folder, or a class folder without images
+            raise DataMissingError(f"{root / split}: {exc}; an ImageNet-layout folder needs "
+                                   f"{split}/CLASS/*.jpeg") from None
     if splits[0].classes != splits[1].classes:
-        raise ValueError(f"{root}: class folders differ between {cfg.train_split}/ ({len(splits[0].classes)}) "
+        raise DataError(f"{root}: class folders differ between {cfg.train_split}/ ({len(splits[0].classes)}) "
                          f"and {cfg.val_split}/ ({len(splits[1].classes)})")
     return splits[0], splits[1]
 
