@@ -182,6 +182,27 @@ def test_class_weight_hypergradient_agrees_with_exact_on_a_supernet(tmp_path):
     assert torch.allclose(flat(only_c), c_fd, rtol=1e-6, atol=1e-12)
 
 
+def test_val_error_init_does_not_read_stale_running_statistics(tmp_path):
+    """The class-weight start is measured like the search evaluation: BatchNorm recalibrated for the current
+    architecture, so W1's running statistics (accumulated under earlier mixing weights) change nothing and
+    are left exactly as they were."""
+    run = SearchRun(SearchConfig(strategy="lfm", lfm={"class_weight_init": "val_error"}, **TINY), tmp_path)
+    strategy: LearningFromMistakes = run.strategy
+    for i in range(3):
+        strategy.step(i, 0.05, update_arch=False)
+    strategy.init_from_val_error()
+    clean = strategy.class_weights.table()
+    with torch.no_grad():  # statistics no architecture ever produced: eval mode on them is garbage
+        for m in run.model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.fill_(50.0)
+                m.running_var.fill_(1e-4)
+    stale = {k: v.clone() for k, v in run.model.state_dict().items()}
+    strategy.init_from_val_error()
+    assert strategy.class_weights.table() == clean
+    assert all(torch.equal(stale[k], v) for k, v in run.model.state_dict().items()) and run.model.training
+
+
 DIGITS = dict(epochs=2, iterations_per_epoch=2, val_fraction=0.25, **TINY)
 
 

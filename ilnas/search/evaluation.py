@@ -13,50 +13,15 @@ where each image's prediction is independent of the rest. The subset and its bat
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from ilnas.data.tasks import TaskData
+from ilnas.space.calibration import calibration_subset, recalibrated
 from ilnas.space.supernet import Supernet
-
-
-def calibration_subset(task: TaskData, images: int, seed: int) -> Subset:
-    """The fixed, seeded subset of ``task.train`` that BatchNorm statistics are recalibrated on."""
-    n = len(task.train)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return Subset(task.train, order[: min(images, n)].tolist())
-
-
-@contextmanager
-def recalibrated(model: Supernet, arch_weights: dict[str, torch.Tensor], task: int, calibration: Subset,
-                 batch_size: int, device: torch.device, seed: int) -> Iterator[Supernet]:
-    """``model`` in eval mode with BatchNorm running statistics averaged over ``calibration``; on exit its own
-    statistics, momenta and mode come back exactly (a saved copy of the statistics, not of the whole supernet:
-    a deepcopy cost 0.33 s per task and evaluation at the embedded size)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [(m.momentum, {n: b.clone() for n, b in m.named_buffers(recurse=False) if b is not None}) for m in norms]
-    was_training = model.training
-    try:
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration batches
-        model.train()
-        # augmented training images draw from the global RNG: fix it, and give the caller's stream back untouched
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for x, _ in DataLoader(calibration, batch_size=batch_size, shuffle=False):
-                model(x.to(device), arch_weights, task)
-        yield model.eval()
-    finally:
-        for m, (momentum, buffers) in zip(norms, saved, strict=True):
-            m.momentum = momentum
-            for n, b in buffers.items():
-                getattr(m, n).copy_(b)
-        model.train(was_training)
 
 
 @torch.no_grad()
@@ -71,7 +36,7 @@ def evaluate(model: Supernet, arch: nn.Module, tasks: Sequence[TaskData], device
     out: dict[str, float] = {}
     losses, accs = [], []
     for k, task in enumerate(tasks):
-        calib = calibration_subset(task, bn_images, seed + k)
+        calib = calibration_subset(task.train, bn_images, seed + k)
         loss_sum, correct, n = 0.0, 0, 0
         with recalibrated(model, weights, k, calib, bn_batch_size, device, seed + k) as net:
             for x, y in DataLoader(task.val, batch_size=batch_size, shuffle=False):

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader
 
 from ilnas.hypergrad import Stage, hypergradient
 from ilnas.hypergrad.problem import Batch, Params, SupernetProblem
+from ilnas.space.calibration import calibration_subset, recalibrated
 from ilnas.strategies import register_strategy
 from ilnas.strategies._generator import ConditionalVAE
 from ilnas.strategies.base import (
@@ -178,23 +179,28 @@ class LearningFromMistakes(SearchStrategy):
 
     @torch.no_grad()
     def init_from_val_error(self) -> None:
-        """c_k ∝ W1's per-class error on the whole val split of task k (+ floor): learn from W1's mistakes."""
+        """c_k ∝ W1's per-class error on the whole val split of task k (+ floor): learn from W1's mistakes.
+
+        Measured as the search evaluation measures (BatchNorm recalibrated for the current architecture on
+        the task's seeded calibration images, then eval mode): the running statistics were accumulated under
+        earlier mixing weights, and eval mode on them sits near chance early in a search.
+        """
         ctx = self.ctx
-        model = ctx.model
-        model.eval()
+        cfg = ctx.config
         weights = ctx.arch()
         for k, task in enumerate(ctx.extra["tasks"]):
             n = ctx.num_classes[k]
             wrong = torch.zeros(n, device=ctx.device)
             count = torch.zeros(n, device=ctx.device)
-            for x, y in DataLoader(task.val, batch_size=ctx.config.batch_size, shuffle=False):
-                x, y = x.to(ctx.device), y.to(ctx.device)
-                pred = model(x, weights, k).argmax(1)
-                wrong += torch.bincount(y[pred != y], minlength=n).float()
-                count += torch.bincount(y, minlength=n).float()
+            calib = calibration_subset(task.train, cfg.eval_bn_images, cfg.seed + k)
+            with recalibrated(ctx.model, weights, k, calib, cfg.batch_size, ctx.device, cfg.seed + k) as model:
+                for x, y in DataLoader(task.val, batch_size=4 * cfg.batch_size, shuffle=False):
+                    x, y = x.to(ctx.device), y.to(ctx.device)
+                    pred = model(x, weights, k).argmax(1)
+                    wrong += torch.bincount(y[pred != y], minlength=n).float()
+                    count += torch.bincount(y, minlength=n).float()
             p = wrong / count.clamp(min=1) + self.cfg.class_weight_floor
             self.class_weights.logits[k].copy_(torch.log(p / p.sum()))  # n * softmax(log p) = n * p / sum(p)
-        model.train()
         self.initialized = True
 
     # -- the optional generator --------------------------------------------------------------------------
