@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ilnas.hypergrad import InnerHParams, Stage, hypergradient
+from ilnas.hypergrad.engine import unroll
 
 D, N = 5, 12
 
@@ -52,8 +53,8 @@ def analytic(problem: RidgeTasks, params, stages, val_batches, hp: InnerHParams,
     """d/da of the summed validation loss after the unrolled stages, by forward sensitivities.
 
     Momentum buffers are per model (task) when ``hp.task_momentum_buffers`` is given. ``stagewise``: the
-    sensitivities restart at zero at every stage (what a stage is handed is a constant) and every stage
-    adds the derivative of its own task's validation loss at its end.
+    sensitivities restart at zero at every stage (what a stage is handed is a constant) and each task's
+    term is taken at the end of the stage whose encoder it validates (own: the task's last; final: the last).
     """
     K = len(val_batches)
     names = ["W"] + [f"H{k}" for k in range(K)]
@@ -88,9 +89,12 @@ def analytic(problem: RidgeTasks, params, stages, val_batches, hp: InnerHParams,
                 bufs[name] = step
             theta["W"], theta[hk] = W - xi * bufs["W"], H - xi * bufs[hk]
             sens["W"], sens[hk] = sens["W"] - xi * dgW, sens[hk] - xi * dgH
-        if stagewise:
-            X, y = val_batches[st.task]
-            stagewise_total += _val_derivative(problem, X, y, theta["W"], sens["W"], theta[hk], sens[hk])
+        if stagewise:  # the objective's terms that validate this stage's encoder
+            for k in range(K):
+                if si == (max(i for i, s in enumerate(stages) if s.task == k) if val_on == "own" else len(stages) - 1):
+                    X, y = val_batches[k]
+                    stagewise_total += _val_derivative(problem, X, y, theta["W"], sens["W"], theta[f"H{k}"],
+                                                       sens[f"H{k}"])
         if si == max(i for i, s in enumerate(stages) if s.task == st.task):
             own[st.task] = (theta["W"].clone(), sens["W"].clone())
     if stagewise:
@@ -186,3 +190,21 @@ def test_first_order_is_the_partial_derivative_at_current_weights():
     expected = sum(float(0.5 * ea * (params["W"] @ params["W"])) for _ in range(2))
     got = hypergradient("first_order", problem, params, stages, val, hp).grads[0].item()
     assert got == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("val_on", ["own", "final"])
+def test_stagewise_r2_counts_only_the_objectives_terms(val_on):
+    """R = 2: round 1's encoders are validated by no term of the objective, so they add nothing.
+
+    Without momentum the rounds do not share state, so the answer is the stagewise hypergradient of round 2
+    alone, started from where round 1 left the weights; summing round 1's terms too (as before) differs.
+    """
+    problem, params, stages, val, hp = make_case(2, 2, 2, 0.5, momentum_init=False)
+    hp.momentum = 0.0
+    got = hypergradient("stagewise", problem, params, stages, val, hp, val_on)
+    after_round1 = {n: p.detach() for n, p in unroll(problem, params, stages[:2], hp)[0].items()}
+    round2 = hypergradient("stagewise", problem, after_round1, stages[2:], val, hp, val_on)
+    assert got.grads[0].item() == pytest.approx(round2.grads[0].item(), rel=1e-9)
+    assert got.val_losses == pytest.approx(round2.val_losses, rel=1e-12)
+    round1 = hypergradient("stagewise", problem, params, stages[:2], val, hp, val_on)
+    assert abs(round1.grads[0].item()) > 1e-3  # the every-round sum would be off by this much

@@ -10,9 +10,11 @@ model k continues with model k's momentum), whichever the real optimizer keeps:
 * ``finite_difference``: reverse mode through every inner step of every stage; each Hessian-vector
   and mixed product by central differences (two gradients per step, each w.r.t. theta and A; at the
   earliest step of the chain only the A part is needed, so only A's gradient is taken there).
-* ``stagewise``: per stage, DARTS' hypergradient of that model's validation loss through that stage's own
-  steps only, the handed-over encoder (and the stage's starting head) held constant; summed over stages.
-  The published reading of interleaving learning; about K DARTS second-order steps.
+* ``stagewise``: each task's term of the objective, DARTS' hypergradient through the steps of the one stage
+  that produced the encoder the term validates (``val_on: own``: the task's last-round stage; ``final``: the
+  last stage), what that stage was handed (encoder, starting head, other heads) held constant; summed over
+  tasks. With R = 1 and ``own``: every stage's own term, the published reading of interleaving learning;
+  about K DARTS second-order steps. Earlier rounds' stages add nothing, as in the objective.
 * ``exact``: the same chain as ``finite_difference`` by autograd through ``create_graph=True`` (memory
   grows with K*R*T).
 """
@@ -161,8 +163,8 @@ def hypergradient(method: str, problem: Problem, params: Params, stages: Sequenc
                   fd_eps: float = FD_EPS) -> HypergradResult:
     """d/dA of the summed validation loss after the unrolled stages. ``fd_eps``: DARTS' 0.01 (/||u||).
 
-    ``val_on`` chooses the encoder each task is validated on (its own last stage's, or the final one) for
-    the chained methods; ``stagewise`` always validates each stage on what that stage produced.
+    ``val_on`` chooses the encoder each task is validated on (its own last stage's, or the final one), for
+    every method; ``stagewise`` differentiates each term through the stage that produced that encoder only.
 
     ReLU networks are only piecewise smooth: at DARTS' eps the central differences also see kinks the
     exact (autograd) chain ignores, so the two agree closely on larger batches and exactly as eps -> 0.
@@ -183,7 +185,7 @@ def hypergradient(method: str, problem: Problem, params: Params, stages: Sequenc
         total, per_task = _val_objective(problem, final, own, val_batches)
         return HypergradResult(_grad(total, hypers, hp), float(total.detach()), per_task)
     if method == "stagewise":
-        return _stagewise(problem, params, stages, val_batches, hp, hypers, fd_eps)
+        return _stagewise(problem, params, stages, val_batches, hp, hypers, fd_eps, val_on)
     return _finite_difference(problem, params, stages, val_batches, hp, val_on, hypers, fd_eps)
 
 
@@ -252,26 +254,37 @@ def _backstep(problem: Problem, rec: _Record, stage: Stage, u: Params, g_hyper: 
 
 
 def _stagewise(problem: Problem, params: Params, stages: Sequence[Stage], val_batches: Sequence[Any],
-               hp: InnerHParams, hypers: list[torch.Tensor], fd_eps: float) -> HypergradResult:
-    """Sum over stages of each stage's own DARTS hypergradient; what a stage was handed is a constant."""
-    _, snaps, records = unroll(problem, params, stages, hp, create_graph=False)
+               hp: InnerHParams, hypers: list[torch.Tensor], fd_eps: float, val_on: str) -> HypergradResult:
+    """The objective's terms, each through the one stage that produced its encoder; the rest is a constant."""
+    final, snaps, records = unroll(problem, params, stages, hp, create_graph=False)
     by_stage = _records_by_stage(records)
     g_hyper = _zeros_like_all(hypers)
-    last_loss: dict[int, float] = {}
+    per_task = [0.0] * len(val_batches)
+    base = final if val_on == "final" else params  # what the stage's own parameters are evaluated beside
     for si, stage in enumerate(stages):
+        tasks = [k for k in range(len(val_batches)) if _term_stage(stages, k, val_on) == si]
+        if not tasks:
+            continue  # an earlier round: the objective validates none of its encoders
         end = {n: snaps[si][n].detach().requires_grad_(True) for n in stage.names}
-        loss = problem.val_loss({**params, **end}, stage.task, val_batches[stage.task])
-        _check_finite(loss, f"validation loss of task {stage.task} after stage {si}")
-        last_loss[stage.task] = float(loss.detach())
-        grads = _grad(loss, hypers + list(end.values()), hp)
+        losses = []
+        for k in tasks:
+            loss = problem.val_loss({**base, **end}, k, val_batches[k])
+            _check_finite(loss, f"validation loss of task {k} after stage {si}")
+            per_task[k] = float(loss.detach())
+            losses.append(loss)
+        grads = _grad(torch.stack(losses).sum(), hypers + list(end.values()), hp)
         for h, g in zip(g_hyper, grads[: len(hypers)], strict=True):
             h.add_(g)
         u = dict(zip(end.keys(), grads[len(hypers):], strict=True))
         recs = by_stage.get(si, [])
         for rec in reversed(recs):
             _backstep(problem, rec, stage, u, g_hyper, hypers, hp, fd_eps, {}, need_theta=rec is not recs[0])
-    per_task = [last_loss[k] for k in range(len(val_batches))]
     return HypergradResult(g_hyper, sum(per_task), per_task)
+
+
+def _term_stage(stages: Sequence[Stage], k: int, val_on: str) -> int:
+    """The stage whose encoder task k's validation term reads: its own last one, or the last of all."""
+    return _own_stage_index(stages, k) if val_on == "own" else len(stages) - 1
 
 
 def _central_difference(problem: Problem, rec: _Record, stage: Stage, u_theta: list[torch.Tensor],
