@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ilnas.data.spec import TaskConfig, default_digits_tasks
+from ilnas.strategies.registry import available_strategies
 from ilnas.utils.checks import check_classes, check_device_name
 
 HYPERGRAD_METHODS = ("first_order", "finite_difference", "stagewise", "exact")
@@ -32,7 +33,7 @@ class LFMConfig(BaseModel):
 
 
 class SearchConfig(BaseModel):
-    """Everything one search needs. K = len(tasks), R = rounds, T = inner_steps (DESIGN.md section 2)."""
+    """Everything one search needs. K = len(tasks), R = rounds, T = inner_steps (docs/design.md)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -103,8 +104,6 @@ class SearchConfig(BaseModel):
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
-        from ilnas.strategies import available_strategies
-
         allowed = available_strategies()
         if value not in allowed:
             raise ValueError(f"unknown strategy {value!r}; allowed: {allowed}")

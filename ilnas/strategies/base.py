@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from ilnas.data.loaders import CyclingLoader
 from ilnas.hypergrad import InnerHParams, Stage
+from ilnas.search.config import SearchConfig
 from ilnas.space.architecture import Architecture
 from ilnas.space.supernet import Supernet
-
-if TYPE_CHECKING:  # the config is data handed in; importing it here would close a loop through the registry
-    from ilnas.search.config import SearchConfig
 
 
 class SearchDivergedError(FloatingPointError):
