@@ -283,7 +283,5 @@ def pipeline(project_dir: str = ".", overrides: list[str] | None = None, preset:
             "mlflow_experiment": params.tracking.experiment}
 
 
-if __name__ == "__main__":
-    from flows.__main__ import main
-
-    raise SystemExit(main())
+if __name__ == "__main__":  # the entry point is flows/__main__.py (importing it here would close a loop)
+    raise SystemExit("run the pipeline with: python -m flows (see python -m flows --help)")
