@@ -19,6 +19,7 @@ from stages.common import (
     RETRAIN_OUT,
     TRANSFER_OUT,
     is_rank0,
+    parse_args,
     relaunch_under_torchrun,
     setup,
     torchrun_needed,
@@ -46,8 +47,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(relaunch_under_torchrun("transfer", argv, params))
     from ilnas.space.genotype import load_genotype
     from ilnas.train import transfer
+    from ilnas.train.config import warn_implicit_recipe
 
     cfg = params.transfer
+    if is_rank0():  # the papers' recipe or timm's: say which when the file does not
+        warn_implicit_recipe("transfer", cfg, parse_args("transfer", argv).params)
     if cfg.checkpoint == "retrain":
         cfg = cfg.model_copy(update={"checkpoint": _retrain_checkpoint()})
     data_root = cfg.data_root or str(IMAGEFOLDER)

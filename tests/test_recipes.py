@@ -94,14 +94,84 @@ def test_cutout_zeroes_one_clipped_square():
 
 
 @pytest.mark.parametrize("preset", ["configs/cifar.yaml", "configs/imagenet.yaml"])
-def test_presets_use_the_darts_recipes(preset):
+def test_presets_use_the_papers_recipes(preset):
     params = validate_params(yaml.safe_load((REPO / preset).read_text()), source=preset)
     r, t = params.retrain, params.transfer
-    assert r.recipe == t.recipe == "darts"
+    assert r.recipe == "darts" and {"recipe"} <= r.model_fields_set and {"recipe"} <= t.model_fields_set
     assert (r.batch_size, r.lr, r.cutout, r.val_fraction, r.weight_decay) == (96, 0.025, 16, 0.0, 3e-4)
-    assert (t.sched, t.decay_rate, t.weight_decay, t.label_smoothing) == ("step", 0.97, 3e-5, 0.1)
+    assert (t.weight_decay, t.label_smoothing) == (3e-5, 0.1)
+    assert not r.amp and not t.amp  # DARTS and PC-DARTS train in fp32
+    assert r.opt == t.opt == "momentum"
     world = params.distributed.world_size
     assert r.per_process_batch(world) * world == 96  # never 8 x 96 at an unscaled lr
-    assert t.effective_lr() == pytest.approx(0.1 * t.batch_size / 128)
-    if preset.endswith("imagenet.yaml"):
+    if preset.endswith("imagenet.yaml"):  # PC-DARTS' ImageNet schedule for its batch of 1024 on 8 GPUs
+        assert t.recipe == "pcdarts" and (t.sched, t.warmup_epochs) == ("pcdarts_linear", 5)
         assert (world, t.batch_size, t.per_process_batch(world)) == (8, 1024, 128)
+        assert t.effective_lr() == pytest.approx(0.5)
+    else:
+        assert t.recipe == "darts" and (t.sched, t.decay_rate) == ("step", 0.97)
+        assert t.effective_lr() == pytest.approx(0.1 * t.batch_size / 128)
+
+
+def test_study_cifar_names_the_darts_recipe():
+    base = yaml.safe_load((REPO / "configs/study_cifar.yaml").read_text())["base"]
+    cfg = RetrainConfig.model_validate(base["retrain"])
+    assert cfg.recipe == "darts" and not cfg.amp and cfg.val_fraction == 0.0 and cfg.re_prob == 0.0
+
+
+@pytest.mark.parametrize("recipe", ["darts", "pcdarts"])
+def test_paper_recipes_use_plain_momentum_sgd_in_fp32(recipe):
+    """DARTS and PC-DARTS build torch.optim.SGD(momentum=0.9): heavy ball, not timm's Nesterov 'sgd'."""
+    for cfg, name in ((RetrainConfig(recipe=recipe, channels=4, cells=3), "ilnas_cifar"),
+                      (TransferConfig(recipe=recipe, channels=4, cells=3), "ilnas_imagenet")):
+        assert not cfg.amp
+        optimizer, _ = build_optimizer(build_model(name, DARTS_V2, 10, 3, 4, 3), cfg, None)
+        assert isinstance(optimizer, torch.optim.SGD)
+        assert all(g["momentum"] == 0.9 and g["nesterov"] is False for g in optimizer.param_groups)
+    timm_sgd, _ = build_optimizer(build_model("ilnas_cifar", DARTS_V2, 10, 3, 4, 3),
+                                  RetrainConfig(channels=4, cells=3, opt="sgd"), None)
+    assert timm_sgd.param_groups[0]["nesterov"] is True  # what the darts recipe used to build
+
+
+def test_pcdarts_imagenet_schedule_is_theirs():
+    """PC-DARTS train_imagenet.py: lr 0.5 at batch 1024, lr * (e+1)/5 for e < 5, then adjust_lr's two slopes."""
+    cfg = TransferConfig(recipe="pcdarts", channels=4, cells=3)
+    assert (cfg.epochs, cfg.batch_size, cfg.effective_lr(), cfg.drop_path_rate) == (250, 1024, 0.5, 0.0)
+    assert RetrainConfig(recipe="pcdarts").drop_path_rate == 0.3  # PC-DARTS train.py
+    optimizer, scheduler = build_optimizer(build_model("ilnas_imagenet", DARTS_V2, 10, 3, 4, 3), cfg, None)
+    expected = {0: 0.1, 1: 0.2, 4: 0.5, 5: 0.5 * 240 / 245, 100: 0.5 * 145 / 245, 244: 0.5 / 245,
+                245: 0.5 * 5 / 1225, 249: 0.5 / 1225}
+    for epoch, lr in expected.items():
+        scheduler.step(epoch)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(lr, rel=1e-12), epoch
+    state = scheduler.state_dict()  # timm's Scheduler state API: a resume restores it
+    scheduler.load_state_dict(state)
+
+
+def test_imagenet_auxiliary_head_has_darts_single_batchnorm():
+    """quark0/darts cnn/model.py AuxiliaryHeadImageNet leaves out the BatchNorm after the 768-channel conv."""
+    def norms(name: str) -> int:
+        model = build_model(name, DARTS_V2, 10, 3, 4, 3, auxiliary=True)
+        counts = [sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.auxiliary_head.modules())]
+        model.reset_classifier(5)
+        counts.append(sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.auxiliary_head.modules()))
+        return counts
+
+    assert norms("ilnas_imagenet") == [1, 1]
+    assert norms("ilnas_cifar") == [2, 2]
+
+
+def test_implicit_recipe_warns_once_naming_the_recipe(tmp_path):
+    import warnings
+
+    from ilnas.train.config import ImplicitRecipeWarning, warn_implicit_recipe
+
+    params = validate_params({"retrain": {"epochs": 1}, "transfer": {"recipe": "darts"}}, source="p.yaml")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(3):  # the stage validates more than once: the message shows once
+            warn_implicit_recipe("retrain", params.retrain, "p.yaml")
+        assert warn_implicit_recipe("transfer", params.transfer, "p.yaml") is None
+    assert [w.category for w in caught] == [ImplicitRecipeWarning]
+    assert "p.yaml: retrain.recipe is not set, so recipe 'timm' applies" in str(caught[0].message)
+    assert "darts | pcdarts | timm" in str(caught[0].message)

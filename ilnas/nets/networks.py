@@ -61,17 +61,22 @@ class Cell(nn.Module):
 
 
 class AuxiliaryHead(nn.Module):
-    """DARTS' auxiliary classifier at 2/3 depth; pooling adapts so small inputs (8x8 digits) work too."""
+    """DARTS' auxiliary classifier at 2/3 depth; pooling adapts so small inputs (8x8 digits) work too.
 
-    def __init__(self, c: int, num_classes: int, stride: int = 3):
+    ``second_norm=False`` is DARTS' ImageNet head, which has no BatchNorm after the 768-channel conv
+    (quark0/darts cnn/model.py, AuxiliaryHeadImageNet, lines 98-100: omitted in the paper's experiments).
+    """
+
+    def __init__(self, c: int, num_classes: int, stride: int = 3, second_norm: bool = True):
         super().__init__()
         self.stride = stride
+        self.second_norm = second_norm
         self.features = nn.Sequential(
             nn.Conv2d(c, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),
-            nn.BatchNorm2d(768),
+            *([nn.BatchNorm2d(768)] if second_norm else []),
             nn.ReLU(inplace=True),
         )
         self.classifier = nn.Linear(768, num_classes)
@@ -89,6 +94,7 @@ class _DerivedNetwork(nn.Module):
     """Shared body: stem -> cells (reductions at 1/3 and 2/3 depth) -> global pool -> linear."""
 
     stem: nn.Module
+    aux_second_norm = True  # DARTS' CIFAR auxiliary head; its ImageNet head has no second BatchNorm
 
     def __init__(self, genotype: GenotypeLike, num_classes: int, in_chans: int, channels: int, cells: int,
                  auxiliary: bool, drop_path_rate: float, drop_rate: float, stem_out: int, reduction_prev: bool,
@@ -121,7 +127,8 @@ class _DerivedNetwork(nn.Module):
             if i == self.aux_index:
                 c_aux = c_p
         self.num_features = self.head_hidden_size = c_p
-        self.auxiliary_head = AuxiliaryHead(c_aux, num_classes, aux_stride) if auxiliary and num_classes else None
+        self.auxiliary_head = (AuxiliaryHead(c_aux, num_classes, aux_stride, self.aux_second_norm)
+                               if auxiliary and num_classes else None)
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_p, num_classes) if num_classes else nn.Identity()
 
@@ -137,7 +144,8 @@ class _DerivedNetwork(nn.Module):
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         if self.auxiliary_head is not None:
             c_aux = self.auxiliary_head.features[0].in_channels
-            self.auxiliary_head = AuxiliaryHead(c_aux, num_classes, self.auxiliary_head.stride) if num_classes else None
+            self.auxiliary_head = AuxiliaryHead(c_aux, num_classes, self.auxiliary_head.stride,
+                                               self.aux_second_norm) if num_classes else None
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         s0, s1 = self._stem(x)
@@ -206,6 +214,8 @@ class NetworkCIFAR(_DerivedNetwork):
 
 class NetworkImageNet(_DerivedNetwork):
     """DARTS' ImageNet network (mobile setting): two stride-2 stems, 14 cells / 48 channels at paper scale."""
+
+    aux_second_norm = False  # quark0/darts cnn/model.py AuxiliaryHeadImageNet: no BatchNorm after the 768 conv
 
     def __init__(self, genotype: GenotypeLike = DARTS_V2, num_classes: int = 1000, in_chans: int = 3,
                  channels: int = 48, cells: int = 14, auxiliary: bool = False, drop_path_rate: float = 0.0,

@@ -21,6 +21,7 @@ from ilnas.data.tasks import (
     IMAGENET_MEAN,
     IMAGENET_STD,
 )
+from ilnas.train.config import PAPER_RECIPES
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 DATASET_STATS: dict[str, Stats] = {
@@ -95,11 +96,11 @@ def timm_image_transforms(dataset: str, size: int, hflip: float, auto_augment: s
 
 def imagenet_transforms(recipe: str, size: int, scale_min: float, hflip: float, crop_pct: float,
                         color_jitter: list[float] | None, auto_augment: str | None, re_prob: float) -> tuple[Any, Any]:
-    """(train, eval) for ImageNet-layout folders. darts: crop + flip + colour jitter, no erasing or auto-augment;
-    timm: crop + flip + auto-augment + RandomErasing. Eval: resize to size / crop_pct, centre crop."""
+    """(train, eval) for ImageNet-layout folders. darts / pcdarts: crop + flip + colour jitter, no erasing or
+    auto-augment; timm: crop + flip + auto-augment + RandomErasing. Eval: resize to size / crop_pct, centre crop."""
     from timm.data import create_transform
 
-    if recipe == "darts":
+    if recipe in PAPER_RECIPES:
         jitter: Any = tuple(color_jitter) if color_jitter else 0.0
         train = create_transform(size, is_training=True, scale=(scale_min, 1.0), hflip=hflip, color_jitter=jitter,
                                  auto_augment=None, re_prob=0.0)

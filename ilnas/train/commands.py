@@ -29,6 +29,10 @@ def retrain_command(
     from ilnas.params import load_section
 
     cfg = load_section("retrain", config, set_)
+    if config is not None:
+        from ilnas.train.config import warn_implicit_recipe
+
+        warn_implicit_recipe("retrain", cfg, str(config))
     from ilnas.train.retraining import retrain
 
     logging.basicConfig(level=logging.WARNING)
@@ -52,6 +56,10 @@ def transfer_command(
     from ilnas.utils.checks import check_existing_dir
 
     cfg = load_section("transfer", config, set_)
+    if config is not None:
+        from ilnas.train.config import warn_implicit_recipe
+
+        warn_implicit_recipe("transfer", cfg, str(config))
     if cfg.data_root is None and data_root is None:
         raise ParamsError("transfer: give --data ROOT (an ImageFolder with train/ and val/), "
                           "or transfer.data_root in the config")

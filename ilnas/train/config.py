@@ -3,14 +3,16 @@
 ``recipe`` picks a published training recipe; its values fill every key the config does not set (keys set
 explicitly win, so a test or a CPU run can shorten ``epochs`` and keep the rest of the recipe):
 
-* ``darts`` (retrain): DARTS' CIFAR-10 evaluation recipe -- 600 epochs, global batch 96, SGD lr 0.025
-  cosine to 0, momentum 0.9, weight decay 3e-4 on every parameter (BatchNorm and biases too), grad clip 5,
-  auxiliary head 0.4, drop path 0.2, 4-pixel padded random crop + flip + Cutout 16, the full training set
-  (no held-out split), 36 channels, 20 cells.
+* ``darts`` (retrain): DARTS' CIFAR-10 evaluation recipe -- 600 epochs, global batch 96, SGD (plain
+  momentum 0.9, not Nesterov) lr 0.025 cosine to 0, weight decay 3e-4 on every parameter (BatchNorm and
+  biases too), grad clip 5, auxiliary head 0.4, drop path 0.2, 4-pixel padded random crop + flip + Cutout 16,
+  the full training set (no held-out split), 36 channels, 20 cells, fp32.
 * ``darts`` (transfer): DARTS' ImageNet mobile-setting recipe -- 250 epochs, lr 0.1 for a global batch of
   128 scaled linearly with the global batch, step decay x0.97 per epoch, weight decay 3e-5 on every
   parameter, label smoothing 0.1, auxiliary 0.4, random-resized crop + flip + colour jitter, 48 channels,
-  14 cells, 224 px.
+  14 cells, 224 px, fp32.
+* ``pcdarts``: PC-DARTS' versions -- retrain as ``darts`` with drop path 0.3; transfer as ``darts`` with a
+  global batch of 1024 at lr 0.5, five warm-up epochs and PC-DARTS' linear decay (``pcdarts_linear``).
 * ``timm``: timm's augmentations (``create_transform``: random-resized crop, RandomErasing, auto-augment,
   EMA when on) and timm's weight-decay rule (no decay on norms and biases); the library defaults, sized for
   the embedded default (scikit-learn digits) so ``ilnas retrain`` finishes in about a minute on 2 CPU cores.
@@ -22,6 +24,8 @@ processes takes ``batch_size / world_size`` (it must divide). ``lr`` is the rate
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -34,29 +38,41 @@ def _default_task() -> TaskConfig:
     return TaskConfig(name="digits", dataset="digits")
 
 
-Recipe = Literal["darts", "timm"]
-RECIPE_NAMES = ("darts", "timm")
+Recipe = Literal["darts", "pcdarts", "timm"]
+RECIPE_NAMES = ("darts", "pcdarts", "timm")
+PAPER_RECIPES = ("darts", "pcdarts")  # the papers' augmentation pipelines (Cutout / colour jitter), not timm's
+DEFAULT_RECIPE = "timm"
 
-# What each recipe sets when the config does not (DARTS: Liu et al. 2019, section 3.3 / appendix A.2).
+# What each recipe sets when the config does not; docs/recipes.md cites the reference code line by line.
+# darts: quark0/darts cnn/train.py (CIFAR-10) and cnn/train_imagenet.py (ImageNet): torch.optim.SGD with plain
+# momentum (timm's "momentum"; timm's "sgd" is Nesterov), fp32 (no autocast anywhere in their code).
+_DARTS_RETRAIN: dict[str, Any] = {
+    "epochs": 600, "batch_size": 96, "lr": 0.025, "lr_base_batch": None, "lr_min": 0.0, "sched": "cosine",
+    "warmup_epochs": 0, "opt": "momentum", "momentum": 0.9, "weight_decay": 3e-4, "wd_on_norm_and_bias": True,
+    "grad_clip": 5.0, "auxiliary": True, "auxiliary_weight": 0.4, "drop_path_rate": 0.2, "val_fraction": 0.0,
+    "hflip": 0.5, "cutout": 16, "re_prob": 0.0, "auto_augment": None, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
+    "label_smoothing": 0.0, "ema": False, "channels": 36, "cells": 20, "amp": False,
+}
+_DARTS_TRANSFER: dict[str, Any] = {
+    "epochs": 250, "batch_size": 128, "lr": 0.1, "lr_base_batch": 128, "sched": "step", "decay_epochs": 1.0,
+    "decay_rate": 0.97, "warmup_epochs": 0, "opt": "momentum", "momentum": 0.9, "weight_decay": 3e-5,
+    "wd_on_norm_and_bias": True, "grad_clip": 5.0, "label_smoothing": 0.1, "auxiliary": True,
+    "auxiliary_weight": 0.4, "drop_path_rate": 0.0, "image_size": 224, "crop_pct": 0.875,
+    "train_scale_min": 0.08, "hflip": 0.5, "color_jitter": [0.4, 0.4, 0.4, 0.2], "re_prob": 0.0,
+    "auto_augment": None, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "ema": False, "channels": 48, "cells": 14,
+    "amp": False,
+}
 RETRAIN_RECIPES: dict[str, dict[str, Any]] = {
-    "darts": {
-        "epochs": 600, "batch_size": 96, "lr": 0.025, "lr_base_batch": None, "lr_min": 0.0, "sched": "cosine",
-        "warmup_epochs": 0, "opt": "sgd", "momentum": 0.9, "weight_decay": 3e-4, "wd_on_norm_and_bias": True,
-        "grad_clip": 5.0, "auxiliary": True, "auxiliary_weight": 0.4, "drop_path_rate": 0.2, "val_fraction": 0.0,
-        "hflip": 0.5, "cutout": 16, "re_prob": 0.0, "auto_augment": None, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
-        "label_smoothing": 0.0, "ema": False, "channels": 36, "cells": 20,
-    },
+    "darts": _DARTS_RETRAIN,
+    # yuhuixu1993/PC-DARTS train.py: DARTS' CIFAR-10 recipe with drop path 0.3
+    "pcdarts": {**_DARTS_RETRAIN, "drop_path_rate": 0.3},
     "timm": {},
 }
 TRANSFER_RECIPES: dict[str, dict[str, Any]] = {
-    "darts": {
-        "epochs": 250, "batch_size": 128, "lr": 0.1, "lr_base_batch": 128, "sched": "step", "decay_epochs": 1.0,
-        "decay_rate": 0.97, "warmup_epochs": 0, "opt": "sgd", "momentum": 0.9, "weight_decay": 3e-5,
-        "wd_on_norm_and_bias": True, "grad_clip": 5.0, "label_smoothing": 0.1, "auxiliary": True,
-        "auxiliary_weight": 0.4, "drop_path_rate": 0.0, "image_size": 224, "crop_pct": 0.875,
-        "train_scale_min": 0.08, "hflip": 0.5, "color_jitter": [0.4, 0.4, 0.4, 0.2], "re_prob": 0.0,
-        "auto_augment": None, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "ema": False, "channels": 48, "cells": 14,
-    },
+    "darts": _DARTS_TRANSFER,
+    # yuhuixu1993/PC-DARTS train_imagenet.py: global batch 1024 at lr 0.5, 5 warm-up epochs, then linear decay
+    "pcdarts": {**_DARTS_TRANSFER, "batch_size": 1024, "lr": 0.5, "lr_base_batch": 1024, "sched": "pcdarts_linear",
+                "warmup_epochs": 5},
     "timm": {},
 }
 
@@ -65,7 +81,7 @@ def _fill_recipe(data: Any, recipes: dict[str, dict[str, Any]]) -> Any:
     """Recipe values for the keys ``data`` does not set (an unknown recipe is left to the field's check)."""
     if not isinstance(data, dict):
         return data
-    name = data.get("recipe", "timm")
+    name = data.get("recipe", DEFAULT_RECIPE)
     if name not in recipes:
         return data
     return {**recipes[name], **data}
@@ -98,7 +114,8 @@ class _TrainCommon(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    recipe: Recipe = Field(default="timm", description="darts | timm: which published recipe fills unset keys")
+    recipe: Recipe = Field(default=DEFAULT_RECIPE, description="darts | pcdarts | timm: which published recipe "
+                           "fills unset keys")
     epochs: int = Field(default=12, ge=0)
     batch_size: int = Field(default=64, ge=2, description="global batch over all processes (per process: "
                             "batch_size / world_size)")
@@ -109,8 +126,10 @@ class _TrainCommon(BaseModel):
     lr_min: float = Field(default=0.0, ge=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=3e-4, ge=0)
-    opt: str = Field(default="sgd", min_length=1, description="timm optimizer name (create_optimizer_v2)")
-    sched: str = Field(default="cosine", min_length=1, description="timm scheduler name (create_scheduler_v2)")
+    opt: str = Field(default="sgd", min_length=1, description="timm optimizer name (create_optimizer_v2): "
+                     "momentum = plain SGD with momentum (DARTS), sgd = Nesterov")
+    sched: str = Field(default="cosine", min_length=1, description="timm scheduler name (create_scheduler_v2), "
+                       "or pcdarts_linear (ilnas.train.schedules)")
     decay_epochs: float = Field(default=1.0, gt=0, description="step scheduler: epochs between decays")
     decay_rate: float = Field(default=0.97, gt=0, le=1, description="step scheduler: factor per decay")
     wd_on_norm_and_bias: bool = Field(default=False, description="decay BatchNorm and bias too (DARTS); "
@@ -214,3 +233,25 @@ class TransferConfig(_TrainCommon):
     @classmethod
     def _recipe_defaults(cls, data: Any) -> Any:
         return _fill_recipe(data, TRANSFER_RECIPES)
+
+
+class ImplicitRecipeWarning(UserWarning):
+    """A params file's retrain or transfer section leaves ``recipe`` to the schema default."""
+
+
+def warn_implicit_recipe(section: str, cfg: _TrainCommon, source: str = "params") -> str | None:
+    """Warn when ``cfg`` did not name its recipe: the default (timm) is not the papers' recipe, so a preset that
+    forgets the key trains another way without a word. Python's warning registry shows each message once."""
+    if "recipe" in cfg.model_fields_set:
+        return None
+    message = (f"{source}: {section}.recipe is not set, so recipe '{cfg.recipe}' applies "
+               f"({RECIPE_SUMMARY[cfg.recipe]}); set {section}.recipe ({' | '.join(RECIPE_NAMES)}) to choose")
+    warnings.warn(message, ImplicitRecipeWarning, stacklevel=2)
+    return message
+
+
+RECIPE_SUMMARY: Mapping[str, str] = {
+    "darts": "DARTS' published recipe",
+    "pcdarts": "PC-DARTS' published recipe",
+    "timm": "timm's augmentations, not the papers' recipe: numbers not comparable with theirs",
+}

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from ilnas.train.config import PAPER_RECIPES
+
 
 def describe(params: Any) -> list[str]:
     """One line per training stage: recipe, data, epochs, batch, lr schedule, augmentation, weight decay."""
@@ -23,10 +25,11 @@ def describe(params: Any) -> list[str]:
         data = f"{c.task.dataset} ({c.task.root or 'bundled'})" if stage == "retrain" else (c.data_root or
                                                                                            "data/imagefolder")
         sched = (f"cosine {c.effective_lr():g} -> {c.lr_min:g}" if c.sched == "cosine" else
-                 f"{c.sched} {c.effective_lr():g} x{c.decay_rate:g} every {c.decay_epochs:g} epoch(s)")
+                 f"{c.sched} {c.effective_lr():g} x{c.decay_rate:g} every {c.decay_epochs:g} epoch(s)"
+                 if c.sched == "step" else f"{c.sched} from {c.effective_lr():g}")
         if c.warmup_epochs:
             sched += f", {c.warmup_epochs} warm-up epochs"
-        if c.recipe == "darts":
+        if c.recipe in PAPER_RECIPES:
             aug = (f"pad-crop + flip {c.hflip:g} + Cutout {c.cutout}" if stage == "retrain" else
                    f"RRC(scale {c.train_scale_min:g}-1) + flip {c.hflip:g} + jitter {c.color_jitter}")
         else:
@@ -34,10 +37,11 @@ def describe(params: Any) -> list[str]:
         lines.append(
             f"{stage}: recipe {c.recipe}, {c.model} {c.channels} ch / {c.cells} cells, data {data}, {c.epochs} epochs, "
             f"global batch {c.batch_size} = {world} x {c.batch_size // world}, lr {sched} "
-            f"(lr {c.lr:g} per {c.lr_base_batch or c.batch_size} images), {c.opt} momentum {c.momentum:g}, "
+            f"(lr {c.lr:g} per {c.lr_base_batch or c.batch_size} images), optimizer {c.opt} (momentum {c.momentum:g}), "
             f"weight decay {c.weight_decay:g} on {'every parameter' if c.wd_on_norm_and_bias else 'weights only'}, "
             f"grad clip {c.grad_clip}, aux {c.auxiliary_weight if c.auxiliary else 'off'}, "
-            f"drop path {c.drop_path_rate:g}, label smoothing {c.label_smoothing:g}, EMA {c.ema}, augmentation: {aug}"
+            f"drop path {c.drop_path_rate:g}, label smoothing {c.label_smoothing:g}, EMA {c.ema}, "
+            f"{'mixed precision' if c.amp else 'fp32'}, augmentation: {aug}"
             + (f", held-out val {c.val_fraction:g}" if stage == "retrain" else ""))
     return lines
 

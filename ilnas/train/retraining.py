@@ -24,7 +24,7 @@ from ilnas.nets.profile import count_macs, count_params
 from ilnas.space.genotype import DARTS_V2, Genotype, load_genotype
 from ilnas.train.augment import darts_cifar_transforms, darts_tensor_transform, timm_image_transforms
 from ilnas.train.checkpoint import LAST, CheckpointError, check_resume
-from ilnas.train.config import RetrainConfig
+from ilnas.train.config import PAPER_RECIPES, RetrainConfig
 from ilnas.train.distributed import setup_distributed
 from ilnas.train.engine import RESUME_IGNORED, EpochCallback, eval_loader, evaluate, fit
 from ilnas.utils.device import seeded
@@ -72,7 +72,7 @@ class _Augmented(Dataset):
 
 def retrain_transforms(cfg: RetrainConfig, size: int = 32) -> tuple[Any, Any]:
     """(train, eval) transforms for an image task: the recipe's pipeline with the task dataset's statistics."""
-    if cfg.recipe == "darts":
+    if cfg.recipe in PAPER_RECIPES:
         return darts_cifar_transforms(cfg.task.dataset, size, cfg.hflip, cfg.cutout)
     return timm_image_transforms(cfg.task.dataset, size, cfg.hflip, cfg.auto_augment, cfg.re_prob)
 
@@ -99,7 +99,7 @@ def build_retrain_data(cfg: RetrainConfig, manifest_dir: str | os.PathLike | Non
                              "need image datasets (cifar10, cifar100, imagefolder)")
         data = load()
         train: Dataset = data.train
-        if cfg.recipe == "darts":
+        if cfg.recipe in PAPER_RECIPES:
             train = _Augmented(train, darts_tensor_transform(data.image_size, cfg.hflip, cfg.cutout))
         elif cfg.re_prob > 0:
             from timm.data.random_erasing import RandomErasing
