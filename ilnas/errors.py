@@ -24,6 +24,7 @@ T = TypeVar("T")
 ENV_DEBUG = "ILNAS_DEBUG"
 EXIT_INPUT = 2
 EXIT_FAILURE = 1
+MAX_MESSAGE_CHARS = 6000  # a message block never grows past this (a hostile value is cut, not rendered)
 
 
 class IlnasError(Exception):
@@ -101,9 +102,26 @@ def debug_enabled(argv: list[str] | None = None) -> bool:
     return os.environ.get(ENV_DEBUG, "").strip().lower() not in ("", "0", "false", "no")
 
 
+def bounded_repr(value: object, limit: int = 120) -> str:
+    """``repr`` that never renders more than ``limit`` characters, nor walks more than a few levels and items.
+
+    Why: an error message quotes the offending value; a hostile one (an expanded alias bomb, a megabyte
+    string) must cost microseconds to quote, not minutes and all memory as a plain ``repr`` does.
+    """
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 3, limit, limit
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = short.maxfrozenset = 6
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def format_error(prog: str, exc: BaseException) -> str:
     """One block: ``<prog>: error: <message>`` (continuation lines indented) and how to see more."""
     message = str(exc).strip() or type(exc).__name__
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = f"{message[:MAX_MESSAGE_CHARS]}\n... ({len(message) - MAX_MESSAGE_CHARS} more characters)"
     lines = message.splitlines()
     body = "\n".join([lines[0], *("  " + line if not line.startswith(" ") else line for line in lines[1:])])
     return f"{prog}: error: {body}\n  (traceback: rerun with --debug or {ENV_DEBUG}=1)"

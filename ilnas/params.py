@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ilnas.errors import InputError, guarded, strip_debug_flag
+from ilnas.errors import InputError, bounded_repr, guarded, strip_debug_flag
 from ilnas.search.config import SearchConfig
 from ilnas.train.config import RetrainConfig, TransferConfig
 from ilnas.utils.checks import (
@@ -37,6 +37,7 @@ from ilnas.utils.checks import (
     check_timm_scheduler,
     did_you_mean,
 )
+from ilnas.utils.io import read_yaml_bounded
 from ilnas.utils.overrides import OverrideError
 from ilnas.utils.overrides import apply_overrides as _apply_overrides
 
@@ -280,7 +281,29 @@ def _model_at(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseMode
 
 
 def _dotted(loc: Sequence[str | int]) -> str:
-    return ".".join(str(p) for p in loc) or "<root>"
+    """``['search', 'tasks', 0, 'classes']`` -> ``search.tasks[0].classes`` (the form ``-S`` takes)."""
+    out = ""
+    for part in loc:
+        name = str(part) if len(str(part)) <= 80 else str(part)[:77] + "..."  # a hostile key is cut too
+        out += f"[{name}]" if isinstance(part, int) else (f".{name}" if out else name)
+    return out or "<root>"
+
+
+MAX_PROBLEM_LINES = 25  # a document with thousands of bad keys is reported by its first ones and a count
+
+
+def _named_loc(loc: list[str | int], head: str) -> list[str | int]:
+    """``loc`` extended by the key a validator's message starts with (``classes: ...``, ``tasks[0].root: ...``).
+
+    A head that repeats the start of ``loc`` is absolute (``search.batch_size`` raised inside ``search``)."""
+    from ilnas.utils.overrides import split_key
+
+    parts = split_key(head)
+    if loc and parts[0] == loc[0]:
+        return parts
+    if parts == loc[-len(parts):]:
+        return loc
+    return [*loc, *parts]
 
 
 def format_validation_error(exc: ValidationError, root: type[BaseModel] = PipelineParams) -> str:
@@ -288,15 +311,17 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel] = Pipeli
     lines: list[str] = []
     errors = exc.errors()
     # a bad top-level seed/device is copied into every section: report it once, at the top level
-    shared = {(err["loc"][0], repr(err.get("input"))) for err in errors if len(err["loc"]) == 1}
+    shared = {(err["loc"][0], bounded_repr(err.get("input"))) for err in errors if len(err["loc"]) == 1}
     for err in errors:
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-        if len(loc) == 2 and loc[0] in SECTIONS_WITH_SEED and (loc[1], repr(err.get("input"))) in shared:
+        if len(loc) == 2 and loc[0] in SECTIONS_WITH_SEED and (loc[1], bounded_repr(err.get("input"))) in shared:
             continue
         msg = err["msg"].removeprefix("Value error, ")
         head = re.match(r"^([A-Za-z_][\w.\[\]]*): ", msg)  # a model-level check names its field
-        if head and (not loc or "." not in head.group(1)):
-            loc, msg = [*loc, head.group(1)], msg[head.end():]
+        if head:
+            loc, msg = _named_loc(loc, head.group(1)), msg[head.end():]
+        if len(msg) > 400:  # a validator's message may quote the value it refused
+            msg = msg[:397] + "..."
         line = f"{_dotted(loc)}: {msg}"
         if err["type"] == "extra_forbidden":
             owner = _model_at(root, loc[:-1])
@@ -305,15 +330,19 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel] = Pipeli
                 line = f"{_dotted(loc)}: {removed}"
             elif owner is not None:
                 line = (f"{_dotted(loc)}: unknown key; allowed keys in {_dotted(loc[:-1])}: "
-                        f"{sorted(owner.model_fields)}." + did_you_mean(str(loc[-1]), owner.model_fields))
+                        f"{sorted(owner.model_fields)}."
+                        + (did_you_mean(str(loc[-1]), owner.model_fields) if len(str(loc[-1])) <= 100 else ""))
         elif err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict | list):
-            if repr(err["input"]) not in line:
-                line += f" (got {err['input']!r})"
+            got = bounded_repr(err["input"])
+            if got not in line:
+                line += f" (got {got})"
             expected = err.get("ctx", {}).get("expected") if err["type"] == "literal_error" else None
-            if expected:
+            if expected and len(str(err["input"])) <= 100:
                 line += did_you_mean(str(err["input"]), [e.strip(" '") for e in
                                                          expected.replace(" or ", ", ").split(",")])
         lines.append(line)
+    if len(lines) > MAX_PROBLEM_LINES:
+        lines = [*lines[:MAX_PROBLEM_LINES], f"... and {len(lines) - MAX_PROBLEM_LINES} more problem(s)"]
     return "invalid params:\n  " + "\n  ".join(lines)
 
 
@@ -336,21 +365,7 @@ def read_yaml_mapping(path: str | Path, what: str = "params file") -> dict[str, 
     dvc.yaml lists), so ``check`` and the flow must both say so rather than fall back to defaults.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise ParamsError(f"{path}: is a directory; give the path of a YAML {what}") from None
-    except UnicodeDecodeError as exc:
-        raise ParamsError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); "
-                          f"a {what} must be UTF-8 YAML") from None
-    except OSError as exc:
-        raise ParamsError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    data = read_yaml_bounded(path, what, ParamsError)  # size, nesting and alias expansion bounded
     if data is None:
         raise ParamsError(f"{path}: {what} is empty; it must hold the pipeline's sections "
                           f"(allowed top-level keys: {sorted(PipelineParams.model_fields)}; see params.yaml)")

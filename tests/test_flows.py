@@ -194,7 +194,7 @@ def test_stage_log_lines_have_one_prefix_and_timm_listings_are_off() -> None:
     ("retrain.epochs=many", "retrain.epochs", "valid integer"),
     ("search.epochs=-2", "search.epochs", "greater than or equal to 1"),
     ("search.hypergrad=third_order", "search.hypergrad", "'first_order'"),
-    ("search.tasks.0.dataset=mnist", "search.tasks.0.dataset", "'digits'"),
+    ("search.tasks.0.dataset=mnist", "search.tasks[0].dataset", "'digits'"),
 ])
 def test_bad_params_are_refused_before_anything_runs(tmp_path: Path, override: str, key: str, allowed: str) -> None:
     from flows.variants import resolve_variant

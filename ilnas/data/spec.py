@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ilnas.utils.checks import check_classes
+
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 
 
@@ -22,13 +24,19 @@ class TaskConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
+        # each message starts with the key it is about: the params formatter turns that into the full path
+        # (search.tasks[0].classes: ...)
         if self.dataset in ("cifar10", "cifar100", "imagefolder") and not self.root:
-            raise ValueError(f"task {self.name!r}: dataset {self.dataset!r} needs 'root' (a directory)")
+            raise ValueError(f"root: task {self.name!r}: dataset {self.dataset!r} needs 'root' (a directory)")
         if self.classes is not None:
             if not self.classes:
-                raise ValueError(f"task {self.name!r}: 'classes' must be non-empty or null")
+                raise ValueError(f"classes: task {self.name!r}: 'classes' must be non-empty or null")
             if len(set(self.classes)) != len(self.classes) or min(self.classes) < 0:
-                raise ValueError(f"task {self.name!r}: 'classes' must be distinct non-negative labels")
+                raise ValueError(f"classes: task {self.name!r}: 'classes' must be distinct non-negative labels")
+            try:
+                check_classes(self.dataset, self.classes, self.name)
+            except ValueError as exc:
+                raise ValueError(f"classes: {exc}") from None
         return self
 
 

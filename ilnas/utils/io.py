@@ -8,6 +8,9 @@
 * :func:`verify_zip_members` checks every member's CRC-32 of a ``torch.save`` file. ``torch.load`` does not:
   a flipped byte inside tensor data loads silently as a wrong number. Every checkpoint and alphas file the
   project reads goes through it first.
+* :func:`read_yaml_bounded` / :func:`safe_load_bounded` read the YAML a user hands in (params files, study
+  specs, ``-S`` values) with bounds on size, nesting and alias expansion, so a hostile file (a "billion
+  laughs" alias bomb, a gigabyte of text) is refused in milliseconds instead of exhausting memory later.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ilnas.errors import IntegrityError, OutputError
+from ilnas.errors import InputError, IntegrityError, OutputError
 
 _UMASK_LOCK = threading.Lock()
 
@@ -137,3 +140,136 @@ def short_reason(exc: BaseException) -> str:
     """``Type: first line`` of an exception (torch's load errors run to a page of advice that does not apply)."""
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
     return f"{type(exc).__name__}: {first[:240]}"
+
+
+# -- bounded YAML ----------------------------------------------------------------------------------------------
+# A params file or study spec is a few KiB and a few hundred nodes; these bounds are far above any real one.
+# (PyYAML's pure-Python parser reads ~100 KiB/s on a loaded core: the size bound keeps a refusal or a parse
+# of the largest accepted file under a second)
+MAX_YAML_BYTES = 64 * 1024
+MAX_YAML_NODES = 20_000  # scalars + collections after alias expansion (what a consumer would walk)
+MAX_YAML_DEPTH = 64
+
+
+def _depth_bounded_loader(source: str, error: type[Exception]) -> type:
+    """A SafeLoader whose (recursive) composer stops at ``MAX_YAML_DEPTH`` levels instead of Python's limit."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            self.depth += 1
+            if self.depth > MAX_YAML_DEPTH:
+                raise error(f"{source}: nested more than {MAX_YAML_DEPTH} levels deep; refused (a params "
+                            "file is a few levels deep)")
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return Loader
+
+
+def _expanded_size(root: Any, source: str, error: type[Exception]) -> int:
+    """Nodes of the document once every alias is expanded, counted without expanding (memoised per node)."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # on the current path: meeting one again is a recursive alias
+    stack: list[tuple[Any, int, bool]] = [(root, 1, False)]
+    while stack:  # iterative post-order: a deep document must not hit Python's recursion limit
+        node, depth, done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if not done and id(node) in open_nodes:
+            raise error(f"{source}: a recursive alias (a node that contains itself); refused")
+        if depth > MAX_YAML_DEPTH:
+            raise error(f"{source}: nested more than {MAX_YAML_DEPTH} levels deep; refused (a params file "
+                        "is a few levels deep)")
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            sizes[id(node)] = 1
+            continue
+        if not done:
+            open_nodes.add(id(node))
+            stack.append((node, depth, True))
+            stack.extend((child, depth + 1, False) for child in children if id(child) not in sizes)
+            continue
+        open_nodes.discard(id(node))
+        sizes[id(node)] = 1 + sum(sizes.get(id(child), 0) for child in children)
+        if sizes[id(node)] > MAX_YAML_NODES:
+            break
+    return sizes.get(id(root), MAX_YAML_NODES + 1)
+
+
+def _check_flow_depth(text: str, source: str, error: type[Exception]) -> None:
+    """Refuse deep ``[[[...`` / ``{{{...`` before scanning: PyYAML's scanner is quadratic in flow depth.
+
+    Brackets inside quoted strings count too, so the bound is conservative (no real file nests 64 deep).
+    """
+    depth = 0
+    for char in re.sub(r"[^\[\]{}]", "", text):
+        depth += 1 if char in "[{" else -1
+        if depth > MAX_YAML_DEPTH:
+            raise error(f"{source}: nested more than {MAX_YAML_DEPTH} levels deep; refused (a params file is a "
+                        "few levels deep)")
+
+
+def safe_load_bounded(text: str, source: str, error: type[Exception] = InputError) -> Any:
+    """``yaml.safe_load`` with bounds: size, nesting depth and nodes after alias expansion.
+
+    Why: ``safe_load`` builds an alias bomb in microseconds (shared references), but everything that walks
+    the result afterwards (validation, ``repr`` in an error message) pays the expanded size, which grows
+    exponentially. The composed node graph is measured first, before a single Python object is built.
+    ``error`` is the exception type raised (the caller's own, so its exit code and handling stay).
+    """
+    import yaml
+
+    if len(text) > MAX_YAML_BYTES:
+        raise error(f"{source}: {len(text)} characters; refused (at most {MAX_YAML_BYTES}: a params file or "
+                    "study spec is a few KiB)")
+    _check_flow_depth(text, source, error)
+    # libyaml's loader where PyYAML has it (3x faster); the pure-Python one stops at the depth bound itself
+    loader_cls = getattr(yaml, "CSafeLoader", None) or _depth_bounded_loader(source, error)
+    loader = loader_cls(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, source, error)
+        if size > MAX_YAML_NODES:
+            raise error(f"{source}: more than {MAX_YAML_NODES} values once its aliases (*name) are expanded; "
+                        "refused (an alias bomb, or far larger than any params file)")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise error(f"{source}: not valid YAML ({' '.join(str(exc).split())[:400]})") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml_bounded(path: str | os.PathLike, what: str = "file", error: type[Exception] = InputError) -> Any:
+    """Read a user's YAML file (params, study spec) within the bounds of :func:`safe_load_bounded`.
+
+    The size is checked on the file before it is read; every way the read fails is ``error`` naming the path.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if path.is_file() and size > MAX_YAML_BYTES:
+            raise error(f"{path}: {what} of {size} bytes; refused (at most {MAX_YAML_BYTES} bytes: a params "
+                        "file or study spec is a few KiB)")
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory; give the path of a YAML {what}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); "
+                    f"a {what} must be UTF-8 YAML") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    return safe_load_bounded(text, str(path), error)

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
+from ilnas.utils.io import safe_load_bounded
 
 
 class OverrideError(ValueError):
@@ -47,7 +47,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             else:
                 raise OverrideError(f"override {item!r}: {where} is not a section or list index")
         last = parts[-1]
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_load_bounded(raw, f"override {key.strip()[:80]!r}", OverrideError) if raw.strip() else None
         if isinstance(node, list):
             if not isinstance(last, int) or last >= len(node):
                 raise OverrideError(f"override {item!r}: index {last} out of range (length {len(node)})")
