@@ -173,29 +173,6 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
-def viz() -> Any | None:
-    """``ilnas.viz`` when it imports (figures are extras: their absence must not fail a stage)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import ilnas.viz as module
-
-        return module
-    except Exception as exc:  # noqa: BLE001
-        log.warning("figures skipped: ilnas.viz unavailable (%s: %s)", type(exc).__name__, exc)
-        return None
-
-
-def figure(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Draw one figure; a plotting failure is a warning naming the figure, never a stage failure."""
-    try:
-        return fn(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001
-        log.warning("figure %s failed: %s: %s", what, type(exc).__name__, exc)
-        return None
-
-
 def run_main(main: Any, stage: str) -> None:
     """``python -m stages.<stage>``: ``main(argv)`` through :func:`ilnas.errors.guarded`, so a known error
     (params, checkpoint, genotype, manifest) prints one block and exits 2; ``--debug`` / ``ILNAS_DEBUG=1``

@@ -1,5 +1,8 @@
 """DVC stage 'derive': searched alphas -> models/genotype.json and a picture of each cell (models/cells/).
 
+It also draws the search's curves and alpha heatmap (models/search_figures/) from the search's outputs, so
+the search stage itself depends on no plotting code.
+
 DARTS rule (ilnas.search.derive_genotype_from_file): per intermediate node, the two strongest incoming
 edges by their best non-``none`` op weight. ``derive.source: DARTS_V2`` swaps in the published DARTS
 genotype as a baseline without touching the search.
@@ -11,7 +14,8 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 
-from stages.common import CELLS, GENOTYPE, SEARCH_OUT, figure, fresh_dir, setup, tracker, viz, write_metrics
+from stages.common import CELLS, GENOTYPE, SEARCH_OUT, fresh_dir, setup, tracker, write_metrics
+from stages.figures import SEARCH_FIGURES, draw_search_figures, figure, viz
 
 log = logging.getLogger("ilnas.stages.derive")
 
@@ -54,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         trk.log_metrics({k: v for k, v in metrics.items() if v is not None})
         trk.log_artifact(GENOTYPE)
         trk.log_artifact(cells, "cells")
+        if draw_search_figures(SEARCH_OUT, fresh_dir(SEARCH_FIGURES)):  # the search's curves, drawn here
+            trk.log_artifact(SEARCH_FIGURES, "search_figures")
     log.info("genotype: %s", genotype)
 
 

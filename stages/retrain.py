@@ -14,16 +14,15 @@ from stages.common import (
     METRICS,
     PREPARED,
     RETRAIN_OUT,
-    figure,
     is_rank0,
     relaunch_under_torchrun,
     setup,
     torchrun_needed,
     tracker,
-    viz,
     write_metrics,
     write_rows_csv,
 )
+from stages.figures import figure, viz
 
 log = logging.getLogger("ilnas.stages.retrain")
 

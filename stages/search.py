@@ -22,14 +22,12 @@ from stages.common import (
     SEARCH_WORK,
     clean,
     config_hash,
-    figure,
     fresh_dir,
     is_rank0,
     relaunch_under_torchrun,
     setup,
     torchrun_needed,
     tracker,
-    viz,
     without_timings,
     write_metrics,
     write_rows_csv,
@@ -98,24 +96,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         per_epoch = {k for row in result.history for k in row}
         trk.log_metrics({k: v for k, v in result.metrics.items() if k not in per_epoch})
 
-        v = viz()
-        figures = out / "figures"
-        if v is not None:
-            figures.mkdir(exist_ok=True)
-            figure("alpha heatmap", v.plot_alpha_history, result.alpha_rows, figures / "alpha_history.png")
-            loss_keys = [k for k in result.history[0] if k.startswith(("train_loss/", "val_loss/"))] \
-                if result.history else []
-            acc_keys = [k for k in result.history[0] if k.startswith(("train_acc/", "val_acc/"))] \
-                if result.history else []
-            figure("loss curves", v.plot_curves, result.history, loss_keys, figures / "loss.png")
-            figure("accuracy curves", v.plot_curves, result.history, acc_keys, figures / "accuracy.png")
-            figure("searched cells", v.plot_genotype, result.genotype, figures)
-            if any("class_weights" in row for row in result.alpha_rows):  # strategy: lfm
-                figure("class weights", v.plot_class_weights, result.alpha_rows, figures / "class_weights.png")
         for name in ("genotype.json", "alpha_history.json", "history.csv", "metrics.json"):
             trk.log_artifact(out / name)
-        if figures.exists():
-            trk.log_artifact(figures, "figures")
         if params.tracking.log_checkpoints:
             trk.log_artifact(out / "alphas.pt")
             trk.log_artifact(out / "checkpoint.pt", "checkpoint")

@@ -70,15 +70,16 @@ def check_existing_dir(path: str | Path, what: str, base: Path | None = None) ->
 
 # -- timm registries -------------------------------------------------------------------------------------------
 def check_timm_model(name: str) -> None:
-    """``timm.is_model`` after the project's models are registered; near misses are suggested."""
+    """``timm.is_model``; near misses among timm's names and the project's own are suggested.
+
+    The project's models (``ilnas.nets`` registers them with timm) are :data:`DEFAULT_TIMM_MODELS`, answered
+    without importing anything: this module sits below ``ilnas.nets`` and never imports it."""
     if name in DEFAULT_TIMM_MODELS:
         return
     import timm
 
-    import ilnas.nets  # noqa: F401 - registers ilnas_cifar / ilnas_imagenet with timm
-
     if not timm.is_model(name):
-        candidates = timm.list_models()
+        candidates = sorted(set(timm.list_models()) | set(DEFAULT_TIMM_MODELS))
         raise ValueError(f"unknown timm model {name!r}; allowed: any timm model name (timm.list_models()), "
                          f"e.g. {list(DEFAULT_TIMM_MODELS)}." + did_you_mean(name, candidates))
 
