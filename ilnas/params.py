@@ -95,6 +95,21 @@ class PrepareConfig(BaseModel):
     data_deps: DataDeps = Field(default_factory=DataDeps)
 
 
+class PerturbationConfig(BaseModel):
+    """DARTS-PT's settings (github ruocwang/darts-pt, exp_scripts/darts-proj-sota.sh; sota/cnn/projection.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    criterion: Literal["acc", "loss"] = Field(
+        default="acc", description="what an op's removal is judged by: the validation accuracy drop (acc, "
+        "their default crit) or loss rise; class-count-free means over tasks (val_acc_above_chance_mean, "
+        "val_loss_norm_mean)")
+    tune_epochs: int = Field(default=5, ge=0, description="epochs of supernet fine-tuning between two decisions "
+                             "(their proj_intv); an epoch is the search's iterations_per_epoch")
+    tune_lr_factor: float = Field(default=0.1, gt=0, le=1, description="fine-tuning starts at search.w_lr times "
+                                  "this (their learning_rate / 10) and follows a cosine to search.w_lr_min")
+
+
 class DeriveConfig(BaseModel):
     """Genotype derivation from the searched alphas (DARTS rule: two strongest non-none edges per node)."""
 
@@ -105,6 +120,29 @@ class DeriveConfig(BaseModel):
     select: Literal["last", "best_val"] = Field(
         default="last", description="which epoch's alphas: the last, or those of the epoch with the lowest "
         "search validation loss (val_loss_mean; the search's validation split, not a test set)")
+    selection: Literal["magnitude", "perturbation"] = Field(
+        default="magnitude", description="magnitude: the DARTS rule on the alphas; perturbation: DARTS-PT "
+        "(Wang et al. 2021) on the trained supernet of models/search/checkpoint.pt (docs/search-diagnostics.md)")
+    perturbation: PerturbationConfig = Field(default_factory=PerturbationConfig)
+    max_skip_connect: int | None = Field(
+        default=None, ge=0, description="P-DARTS prior: at most this many skip connections in the derived normal "
+        "cell (P-DARTS keeps 2); null = off; metrics/derive.json records prior_applied")
+    max_parameter_free: int | None = Field(
+        default=None, ge=0, description="prior: at most this many parameter-free edges (skip, pools) in the "
+        "derived normal cell; null = off")
+
+    @model_validator(mode="after")
+    def _perturbation_alone(self) -> DeriveConfig:
+        # DARTS-PT judges the last supernet's weights: other epochs' alphas or a magnitude cap do not apply to it
+        if self.selection == "perturbation" and self.source == "search":
+            if self.select != "last":
+                raise ValueError(f"derive.select: {self.select!r} with derive.selection: perturbation; allowed: "
+                                 "['last'] (the supernet weights saved are the last epoch's)")
+            for key in ("max_skip_connect", "max_parameter_free"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"derive.{key}: {getattr(self, key)} with derive.selection: perturbation; "
+                                     "allowed: null (the cap is a prior on magnitude selection)")
+        return self
 
 
 class DistributedConfig(BaseModel):

@@ -67,6 +67,11 @@ class SearchConfig(BaseModel):
     early_stop_skips: int | None = Field(
         default=None, ge=1, description="stop the search once the derived normal cell has this many skip "
         "connections (DARTS+; off when null)")
+    # collapse diagnostics (ilnas/search/diagnostics.py; docs/search-diagnostics.md)
+    hessian_every: int = Field(
+        default=0, ge=0, description="epochs between dominant-eigenvalue estimates of the validation loss' "
+        "Hessian w.r.t. the alphas (RobustDARTS); 0 = off")
+    hessian_iterations: int = Field(default=20, ge=1, description="power iterations per eigenvalue estimate")
 
     channels: int = Field(default=8, ge=2)
     cells: int = Field(default=5, ge=3, description="cells of the supernet; >= 3 so that it has the two "

@@ -23,6 +23,7 @@ from ilnas.search import provenance
 from ilnas.search.checkpoint import CheckpointError, config_differences, load_checkpoint, save_checkpoint
 from ilnas.search.config import SearchConfig
 from ilnas.search.derivation import alphas_payload
+from ilnas.search.diagnostics import alpha_diagnostics, edge_entropies, hessian_eigenvalue
 from ilnas.search.evaluation import evaluate
 from ilnas.search.parallel import SearchWorld, check_global_batch, local_statistics, use_global_batchnorm
 from ilnas.space.architecture import Architecture
@@ -148,6 +149,7 @@ class SearchRun:
         self.iteration = 0
         self.stopped_early: int | None = None
         self.initial: dict[str, float] = {}
+        self.alpha0 = self.arch.raw_snapshot()  # displacement diagnostics measure from here
 
     def _weight_groups(self) -> list[list[nn.Parameter]]:
         """One group per model k (encoder + head k) for per-model optimizer state, else one group of all."""
@@ -199,6 +201,7 @@ class SearchRun:
             "snapshots": self.snapshots,
             "stopped_early": self.stopped_early,
             "initial": self.initial,
+            "alpha0": self.alpha0,
         }
 
     def _stale(self, path: Path, state: dict[str, Any]) -> bool:
@@ -250,6 +253,7 @@ class SearchRun:
         self.snapshots = list(state["snapshots"])
         self.stopped_early = state.get("stopped_early")
         self.initial = dict(state.get("initial", {}))
+        self.alpha0 = dict(state.get("alpha0", self.alpha0))
         self.start_epoch, self.iteration = int(state["epoch"]) + 1, int(state["iteration"])
         log.info("resumed from %s at epoch %d", path, self.start_epoch + 1)
 
@@ -318,16 +322,22 @@ class SearchRun:
         row.update(self.evaluate())
         genotype = self.arch.derive()
         row.update(collapse_counts(genotype))
+        row.update(alpha_diagnostics(self.arch, self.alpha0, genotype))
+        if cfg.hessian_every and (epoch + 1) % cfg.hessian_every == 0:
+            with local_statistics():
+                row["hessian_eigenvalue"] = hessian_eigenvalue(self.model, self.arch, self.tasks, self.device,
+                                                               cfg.batch_size, cfg.hessian_iterations, cfg.seed)
         row["epoch_time_s"] = time.perf_counter() - started
         self.history.append(row)
-        self.alpha_rows.append({"epoch": epoch + 1, **self.arch.softmax_snapshot(), **self.strategy.epoch_extras()})
+        self.alpha_rows.append({"epoch": epoch + 1, **self.arch.softmax_snapshot(), **edge_entropies(self.arch),
+                                **self.strategy.epoch_extras()})
         self.snapshots.append({"epoch": epoch + 1, "val_loss_mean": row["val_loss_mean"],
                                **self.arch.raw_snapshot()})
         if not self.world.is_main:
             return row
-        log.info("epoch %d/%d lr %.4f | val loss %.4f acc %.3f (mean of %d tasks) | param-free edges "
-                 "normal %d/%d reduce %d/%d, skips %d/%d | %.1f s", epoch + 1, cfg.epochs, lr,
-                 row["val_loss_mean"], row["val_acc_mean"], len(self.tasks),
+        log.info("epoch %d/%d lr %.4f | val loss/ln C %.4f, acc above chance %.3f (mean of %d tasks) | "
+                 "param-free edges normal %d/%d reduce %d/%d, skips %d/%d | %.1f s", epoch + 1, cfg.epochs, lr,
+                 row["val_loss_norm_mean"], row["val_acc_above_chance_mean"], len(self.tasks),
                  row["param_free_edges/normal"], len(genotype.normal), row["param_free_edges/reduce"],
                  len(genotype.reduce), row["skip_edges/normal"], row["skip_edges/reduce"], row["epoch_time_s"])
         return row
