@@ -31,11 +31,12 @@ def test_learns_digits_and_writes_artifacts(tmp_path):
     assert m["top1"] > 0.5, m
     assert m["top5"] >= m["top1"]
     assert m["epochs"] == 3 and m["params"] > 0 and m["macs"] > 0 and m["test_images"] == 359 and m["num_classes"] == 10
-    assert [e for e, _ in seen] == [0, 1, 2]
+    assert [e for e, _ in seen] == [1, 2, 3]  # epochs count from 1, as the search's
     on_disk = json.loads(result.metrics_json.read_text())
     assert on_disk["top1"] == pytest.approx(m["top1"])
     rows = list(csv.DictReader(result.history_csv.open()))
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert "val_top1" in rows[0] and "test_top1" not in rows[0]  # tiny(): a held-out split, named val
     assert float(rows[0]["lr"]) == pytest.approx(0.08)  # cosine starts at the base rate
     assert float(rows[2]["lr"]) < float(rows[0]["lr"])
     # checkpoints are plain tensors/data: loadable without unpickling arbitrary objects
@@ -43,7 +44,7 @@ def test_learns_digits_and_writes_artifacts(tmp_path):
     assert "state_dict" in state and "optimizer" in state
     # one set of weights: no "best" file; the result is final.pth, the weights the test top-1 belongs to
     assert not (tmp_path / "checkpoints" / "model_best.pth.tar").exists()
-    assert result.checkpoint.name == "final.pth" and m["weights"] == "final" and m["weights_epoch"] == 2
+    assert result.checkpoint.name == "final.pth" and m["weights"] == "final" and m["weights_epoch"] == 3
 
 
 def small_task() -> TaskConfig:
@@ -65,7 +66,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
                mixup_alpha=0.2, label_smoothing=0.1)
     full = retrain(cfg, DARTS_V2, tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):
-        retrain(cfg, DARTS_V2, tmp_path / "split", callbacks=[_stop_after(1)])
+        retrain(cfg, DARTS_V2, tmp_path / "split", callbacks=[_stop_after(2)])  # callbacks count from 1
     assert torch.load(tmp_path / "split/checkpoints/last.pth.tar", weights_only=True)["epoch"] == 1
     resumed = retrain(cfg, DARTS_V2, tmp_path / "split", resume=True)
 
@@ -122,3 +123,22 @@ def test_retrain_on_an_imagefolder_task_uses_timm_transforms(tmp_path):
     m = result.metrics
     assert m["num_classes"] == 2 and m["input_size"] == [3, 32, 32] and m["test_images"] == 6
     assert m["topk"] == 2 and m["top5"] == 1.0
+
+
+def test_epoch_rows_name_the_test_set_and_log_one_short_line(tmp_path, caplog):
+    """val_fraction 0 (darts): the per-epoch evaluation is the test split, so its columns say test; each
+    epoch logs one line with 4 significant digits, epochs counted from 1."""
+    import logging
+
+    cfg = RetrainConfig(recipe="darts", channels=4, cells=3, epochs=1, batch_size=64, device="cpu", cutout=4,
+                        task=TaskConfig(name="d3", dataset="digits", classes=[0, 1, 2]))
+    with caplog.at_level(logging.INFO, logger="ilnas.train"):
+        result = retrain(cfg, DARTS_V2, tmp_path)
+    row = result.history[0]
+    assert row["epoch"] == 1 and {"test_loss", "test_top1", "test_top5"} <= set(row)
+    assert not any(k.startswith("val_") for k in row)
+    assert result.metrics["epoch_eval_set"] == "test" and result.metrics["final_epoch_eval_top1"] == row["test_top1"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "ilnas.train"]
+    assert len(lines) == 1 and lines[0].startswith("retrain epoch 1/1: train_loss ")
+    assert f"test_top1 {row['test_top1']:.4g} " in lines[0]
+    assert all(len(tok.rstrip("0")) <= 7 for tok in lines[0].split() if tok[:2] == "0.")  # no 0.5598885793871866

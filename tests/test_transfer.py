@@ -83,14 +83,14 @@ def test_transfer_end_to_end(tmp_path):
     result = transfer(small_cfg(), DARTS_V2, tmp_path / "out", data_root=data,
                       callbacks=[lambda e, row: seen.append(e)])
     m = result.metrics
-    assert seen == [0]
+    assert seen == [1]  # epochs count from 1, as the search's
     assert m["num_classes"] == 3 and m["eval_images"] == 6 and m["train_images"] == 18
     assert m["topk"] == 3 and m["top5"] == 1.0  # top-3 of 3 classes always hits
     assert 0.0 <= m["top1"] <= 1.0
     assert m["params"] > 0 and m["macs"] > 0 and m["eval_images_per_s"] > 0
     assert json.loads(result.metrics_json.read_text())["params"] == m["params"]
     assert result.history_csv.exists() and result.checkpoint is not None
-    assert torch.load(result.checkpoint, weights_only=True)["epoch"] == 0
+    assert torch.load(result.checkpoint, weights_only=True)["epoch"] == 1
 
 
 def test_missing_split_names_the_folder(tmp_path):
@@ -124,7 +124,7 @@ def test_one_set_of_weights_from_retrain_to_transfer(tmp_path):
                         val_fraction=0.2, task=TaskConfig(name="d3", dataset="digits", classes=[0, 1, 2]))
     result = retrain(cfg, DARTS_V2, tmp_path / "retrain")
     m = result.metrics
-    assert m["weights"] == "final_ema" and m["weights_epoch"] == 1 and result.checkpoint.name == "final.pth"
+    assert m["weights"] == "final_ema" and m["weights_epoch"] == 2 and result.checkpoint.name == "final.pth"
     state, which = load_weights(result.checkpoint)
     assert which == "final_ema"
     model_state = result.model.state_dict()  # what the stage logs to MLflow

@@ -35,7 +35,8 @@ def retrain_command(
         warn_implicit_recipe("retrain", cfg, str(config))
     from ilnas.train.retraining import retrain
 
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("ilnas.train").setLevel(logging.INFO)  # the per-epoch line
     result = retrain(cfg, genotype, out, resume=resume)
     typer.echo(json.dumps({k: result.metrics[k] for k in ("top1", "top5", "params", "macs") if k in result.metrics}))
     typer.echo(f"metrics: {result.metrics_json}")
@@ -70,7 +71,8 @@ def transfer_command(
             raise ParamsError(str(exc)) from None
     from ilnas.train.transfer_eval import transfer
 
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("ilnas.train").setLevel(logging.INFO)  # the per-epoch line
     result = transfer(cfg, genotype, out, data_root=data_root, resume=resume)
     keys = ("top1", "top5", "params", "macs", "eval_images_per_s")
     typer.echo(json.dumps({k: result.metrics[k] for k in keys if k in result.metrics}))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import sys
 import time
@@ -49,7 +50,8 @@ from ilnas.train.schedules import SCHEDULES, create_schedule
 from ilnas.utils.device import amp_enabled, rng_state, set_rng_state
 from ilnas.utils.io import atomic_write_text
 
-EpochCallback = Callable[[int, dict[str, Any]], None]
+EpochCallback = Callable[[int, dict[str, Any]], None]  # (epoch counted from 1, history row)
+log = logging.getLogger("ilnas.train")
 # config keys that may differ between an interrupted run and its resume (they do not change the result)
 RESUME_IGNORED = ("num_workers", "device", "log_interval", "data_root", "checkpoint", "eval_batches")
 
@@ -123,6 +125,13 @@ def evaluate(model: nn.Module, loader: Iterable, ctx: DistContext, num_classes: 
         "n": int(n),
         "images_per_s": n / per_rank_seconds if per_rank_seconds > 0 else float("inf"),
     }
+
+
+def epoch_line(desc: str, row: dict[str, Any], epochs: int, eval_split: str = "val") -> str:
+    """One short line per epoch, 4 significant digits: what a log (DVC, Prefect, a file) keeps of an epoch."""
+    keys = ("train_loss", "train_top1", f"{eval_split}_loss", f"{eval_split}_top1", f"{eval_split}_top1_ema", "lr")
+    parts = [f"{k} {row[k]:.4g}" for k in keys if isinstance(row.get(k), int | float)]
+    return f"{desc} epoch {row['epoch']}/{epochs}: " + " ".join(parts) + f" ({row.get('epoch_time_s', 0.0):.1f} s)"
 
 
 def write_history_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -215,11 +224,14 @@ def fit(
     lerac: LeRaCConfig | None = None,
     identity: dict[str, Any] | None = None,
     desc: str = "train",
+    eval_split: str = "val",
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs`` epochs, evaluating on ``eval_ds`` after each, with checkpoints.
 
     ``identity`` (config + genotype as plain data) is stored in every checkpoint; resuming from a checkpoint
-    whose identity differs raises CheckpointError instead of silently mixing two runs.
+    whose identity differs raises CheckpointError instead of silently mixing two runs. ``eval_split`` names
+    what ``eval_ds`` is (``val`` or ``test``): the history's columns say so (``test_top1``, never a test
+    accuracy called ``val_top1``). History rows and callbacks count epochs from 1, as the search does.
     """
     device = ctx.device
     use_amp = amp_enabled(device, cfg.amp)
@@ -320,7 +332,7 @@ def fit(
             unwrapped.drop_path_prob = getattr(unwrapped, "drop_path_rate", 0.0) * epoch / max(cfg.epochs, 1)
         sampler.set_epoch(epoch)
         loader_gen.manual_seed(cfg.seed * 100019 + epoch)
-        row: dict[str, Any] = {"epoch": epoch, **_group_lrs(optimizer),
+        row: dict[str, Any] = {"epoch": epoch + 1, **_group_lrs(optimizer),
                                "drop_path_prob": float(getattr(unwrapped, "drop_path_prob", 0.0))}
 
         ddp_model.train()
@@ -369,12 +381,14 @@ def fit(
         row.update(train_loss=loss_sum / n_seen, train_top1=acc_sum / n_seen)
 
         val = evaluate(model, val_loader, ctx, num_classes, use_amp, channels_last, desc=f"{desc} eval")
-        row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
+        row.update({f"{eval_split}_loss": val["loss"], f"{eval_split}_top1": val["top1"],
+                    f"{eval_split}_top5": val["top5"]})
         metric = val["top1"]
         if model_ema is not None:
             val_ema = evaluate(model_ema.module, val_loader, ctx, num_classes, use_amp, channels_last,
                                desc=f"{desc} eval ema")
-            row.update(val_loss_ema=val_ema["loss"], val_top1_ema=val_ema["top1"], val_top5_ema=val_ema["top5"])
+            row.update({f"{eval_split}_loss_ema": val_ema["loss"], f"{eval_split}_top1_ema": val_ema["top1"],
+                        f"{eval_split}_top5_ema": val_ema["top5"]})
             metric = val_ema["top1"]
         row["metric"] = metric
         row["train_steps"] = steps  # per rank: a DistributedSampler shard is 1/world of the data
@@ -385,8 +399,9 @@ def fit(
         if saver is not None:
             saver.save_checkpoint(epoch, metric=None)  # no "best" file: the final weights are the result
             write_history_csv(out_dir / "history.csv", history)
+            log.info("%s", epoch_line(desc, row, cfg.epochs, eval_split))
             for cb in callbacks:
-                cb(epoch, dict(row))
+                cb(epoch + 1, dict(row))
         barrier(ctx)
 
     best_metric = best_epoch = None
@@ -397,7 +412,7 @@ def fit(
     weights = FINAL_EMA if model_ema is not None else FINAL
     final_path = out_dir / FINAL_WEIGHTS
     if ctx.is_main:
-        save_final_weights(final_path, eval_model, weights, epoch=len(history) - 1)
+        save_final_weights(final_path, eval_model, weights, epoch=len(history))
     barrier(ctx)
     return FitResult(
         model=model,

@@ -150,29 +150,29 @@ def retrain(
                 atomic_write_text(out / "config.json", config.model_dump_json(indent=2) + "\n")
                 if geno is not None:
                     geno.to_json(out / "genotype.json")
+            eval_on = "val" if eval_ds is not test_ds else "test"
             fitted = fit(config, model, train_ds, eval_ds, num_classes, out, ctx, resume=resume, callbacks=callbacks,
-                         lerac=config.lerac, identity=identity, desc="retrain")
+                         lerac=config.lerac, identity=identity, desc="retrain", eval_split=eval_on)
             use_amp = config.amp and ctx.device.type == "cuda"
             channels_last = config.channels_last and ctx.device.type == "cuda"
             test = evaluate(fitted.eval_model, eval_loader(test_ds, config.batch_size, ctx, config.num_workers), ctx,
                             num_classes, use_amp, channels_last, desc="test")
             input_size = (in_chans, image_size, image_size)
             last = fitted.history[-1] if fitted.history else {}
-            eval_on = "val" if eval_ds is not test_ds else "test"
             metrics: dict[str, Any] = {
                 "top1": test["top1"],
                 "top5": test["top5"],
                 "topk": test["topk"],
                 "loss": test["loss"],
                 "weights": fitted.weights,
-                "weights_epoch": len(fitted.history) - 1,
+                "weights_epoch": len(fitted.history),  # counted from 1, as the history rows
                 "params": count_params(model),
                 "macs": count_macs(model, input_size),
                 # the maximum over epochs of the per-epoch evaluation: selection on that set, never the headline
                 f"max_epoch_top1_on_{eval_on}": fitted.best_metric,
                 "max_epoch": fitted.best_epoch,
                 "epoch_eval_set": eval_on,
-                "final_epoch_eval_top1": last.get("val_top1"),
+                "final_epoch_eval_top1": last.get(f"{eval_on}_top1"),
                 "epochs": len(fitted.history),
                 "train_images": len(train_ds),  # type: ignore[arg-type]
                 "train_images_per_s": last.get("train_images_per_s"),

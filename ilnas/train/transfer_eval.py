@@ -127,7 +127,7 @@ def transfer(
                 out.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(out / "config.json", config.model_dump_json(indent=2) + "\n")
             fitted = fit(config, model, train_ds, val_ds, num_classes, out, ctx, resume=resume, callbacks=callbacks,
-                         identity=identity, desc="transfer")
+                         identity=identity, desc="transfer", eval_split="test")
             use_amp = config.amp and ctx.device.type == "cuda"
             channels_last = config.channels_last and ctx.device.type == "cuda"
             val = evaluate(fitted.eval_model, eval_loader(val_ds, config.batch_size, ctx, config.num_workers), ctx,
@@ -139,7 +139,7 @@ def transfer(
                 "topk": val["topk"],
                 "loss": val["loss"],
                 "weights": fitted.weights,
-                "weights_epoch": len(fitted.history) - 1,
+                "weights_epoch": len(fitted.history),  # counted from 1, as the history rows
                 "params": count_params(model),
                 "macs": count_macs(model, input_size),
                 "eval_images_per_s": val["images_per_s"],
