@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ilnas.data.spec import TaskConfig, default_digits_tasks
+from ilnas.space.primitives import PRIMITIVES, check_primitives
 from ilnas.strategies.registry import available_strategies
 from ilnas.utils.checks import check_classes, check_device_name
 
@@ -81,6 +82,31 @@ class SearchConfig(BaseModel):
     stem_multiplier: int = Field(default=3, ge=1)
     partial_channels: int = Field(default=1, ge=1, description="PC-DARTS q: 1/q of the channels per edge; "
                                   "must divide channels")
+    # collapse remedies, each off by default (docs/search-remedies.md; ilnas/space/remedies.py)
+    arch_steps: int | None = Field(
+        default=None, ge=1, description="exactly this many architecture steps, spread evenly over the iterations "
+        "after warmup_epochs (equal architecture steps across arms); null = one every iteration after the warm-up")
+    edge_normalization: bool | None = Field(
+        default=None, description="PC-DARTS edge betas (softmax over a node's inputs, multiplied into each edge "
+        "and into derivation); null = on exactly when partial_channels > 1")
+    smoothing: Literal["none", "random"] = Field(
+        default="none", description="random: SDARTS-RS, uniform noise on the softmaxed alphas in the weight steps")
+    smoothing_epsilon: float = Field(
+        default=0.3, gt=0, description="SDARTS-RS noise radius after the last epoch (ramps linearly from 0.03)")
+    beta_decay: float = Field(
+        default=0.0, ge=0, description="beta-DARTS: coefficient of mean logsumexp(alpha) in the architecture "
+        "loss after the last epoch, ramping linearly from 0 (their code: 50); 0 = off")
+    aux_skip: Literal["none", "linear", "cosine"] = Field(
+        default="none", description="DARTS-: an auxiliary skip on every edge, its weight decaying 1 -> 0 "
+        "(their default: linear); none = off")
+    activation: Literal["softmax", "sigmoid"] = Field(
+        default="softmax", description="op weights of an edge: softmax (DARTS) or independent sigmoids (Fair DARTS)")
+    zero_one_weight: float = Field(
+        default=0.0, ge=0, description="Fair DARTS' zero-one loss weight w0 on the architecture (their code: 10); "
+        "0 = off")
+    primitives: tuple[str, ...] = Field(
+        default=PRIMITIVES, description="candidate ops of every edge (default the DARTS 8); e.g. R-DARTS S2 "
+        "[skip_connect, sep_conv_3x3], S3 [none, skip_connect, sep_conv_3x3], S4 [noise, sep_conv_3x3]")
 
     w_lr: float = Field(default=0.025, gt=0)
     w_lr_min: float = Field(default=0.001, ge=0)
@@ -128,6 +154,35 @@ class SearchConfig(BaseModel):
         for task in tasks:
             check_classes(task.dataset, task.classes, task.name)
         return tasks
+
+    @field_validator("primitives")
+    @classmethod
+    def _known_primitives(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return check_primitives(value)
+
+    @model_validator(mode="after")
+    def _remedies_consistent(self) -> SearchConfig:
+        if self.smoothing == "random" and self.activation != "softmax":
+            raise ValueError("smoothing: 'random' with activation: 'sigmoid'; allowed: smoothing 'none' with "
+                             "sigmoid (SDARTS-RS perturbs softmax weights on the simplex)")
+        step_remedies = {"smoothing": self.smoothing != "none", "beta_decay": self.beta_decay > 0,
+                         "zero_one_weight": self.zero_one_weight > 0}
+        on = [k for k, v in step_remedies.items() if v]
+        if on and self.strategy != "interleaving":
+            raise ValueError(f"{', '.join(on)}: set with strategy {self.strategy!r}; allowed: strategy "
+                             "'interleaving' (the step-level remedies live in its step) or the remedy off")
+        if self.arch_steps is not None and self.iterations_per_epoch is not None:
+            eligible = max(0, self.epochs - self.warmup_epochs) * self.iterations_per_epoch
+            if self.arch_steps > eligible:
+                raise ValueError(f"arch_steps: got {self.arch_steps}; allowed: 1..{eligible} (the iterations after "
+                                 f"the warm-up: (epochs {self.epochs} - warmup_epochs {self.warmup_epochs}) x "
+                                 f"iterations_per_epoch {self.iterations_per_epoch})")
+        return self
+
+    @property
+    def uses_edge_normalization(self) -> bool:
+        """PC-DARTS edge betas: as set, or (unset) exactly when partial channels are on."""
+        return self.partial_channels > 1 if self.edge_normalization is None else self.edge_normalization
 
     @model_validator(mode="after")
     def _partial_channels_divide(self) -> SearchConfig:

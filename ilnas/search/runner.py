@@ -26,9 +26,8 @@ from ilnas.search.derivation import alphas_payload
 from ilnas.search.diagnostics import alpha_diagnostics, edge_entropies, hessian_eigenvalue
 from ilnas.search.evaluation import evaluate
 from ilnas.search.parallel import SearchWorld, check_global_batch, local_statistics, use_global_batchnorm
-from ilnas.space.architecture import Architecture
+from ilnas.search.remedies import ArchStepPlan, build_architecture, build_supernet, start_epoch
 from ilnas.space.genotype import Genotype, collapse_counts
-from ilnas.space.supernet import Supernet
 from ilnas.strategies import get_strategy
 from ilnas.strategies.base import SearchContext, SearchStrategy
 from ilnas.utils.device import amp_enabled, rng_state, seed_everything, set_rng_state
@@ -107,11 +106,8 @@ class SearchRun:
         seed_everything(config.seed, config.deterministic)
         self.tasks = tasks if tasks is not None else _build_tasks(config)
         first = self.tasks[0]
-        self.model = Supernet([t.num_classes for t in self.tasks], first.in_channels, config.channels, config.cells,
-                              config.nodes, config.node_multiplier, config.stem_multiplier,
-                              config.partial_channels).to(self.device)
-        self.arch = Architecture(config.nodes, edge_normalization=config.partial_channels > 1,
-                                 multiplier=config.node_multiplier).to(self.device)
+        self.model = build_supernet(config, [t.num_classes for t in self.tasks], first.in_channels).to(self.device)
+        self.arch = build_architecture(config).to(self.device)
         if self.world.distributed:  # every replica starts from rank 0's
             if config.batchnorm_stats == "global":
                 use_global_batchnorm(self.model)
@@ -147,6 +143,8 @@ class SearchRun:
         self.snapshots: list[dict[str, Any]] = []  # raw alphas per epoch, for exact best-epoch derivation
         self.start_epoch = 0
         self.iteration = 0
+        self.arch_steps = 0  # architecture steps taken (metrics: arch_steps)
+        self.arch_plan = ArchStepPlan.of(config, self.iterations_per_epoch)  # a bad budget fails before compute
         self.stopped_early: int | None = None
         self.initial: dict[str, float] = {}
         self.alpha0 = self.arch.raw_snapshot()  # displacement diagnostics measure from here
@@ -185,6 +183,7 @@ class SearchRun:
         return {
             "epoch": epoch,
             "iteration": self.iteration,
+            "arch_steps": self.arch_steps,
             "code_version": provenance.code_version(),
             "world_size": self.world.world_size,
             "config": self.config.model_dump(mode="json"),
@@ -255,6 +254,7 @@ class SearchRun:
         self.initial = dict(state.get("initial", {}))
         self.alpha0 = dict(state.get("alpha0", self.alpha0))
         self.start_epoch, self.iteration = int(state["epoch"]) + 1, int(state["iteration"])
+        self.arch_steps = int(state.get("arch_steps", 0))
         log.info("resumed from %s at epoch %d", path, self.start_epoch + 1)
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -278,12 +278,16 @@ class SearchRun:
                 break
             started = time.perf_counter()
             lr = self.schedulers[0].get_last_lr()[0]
-            update_arch = epoch >= cfg.warmup_epochs
+            schedules = start_epoch(self.ctx, epoch)  # remedies' per-epoch values (DARTS- skip weight, ...)
+            update_arch = False
             sums: dict[str, float] = {}
             bar = tqdm(range(n_iter), desc=f"search epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2.0,
                        disable=True if not self.world.is_main else (not progress) if progress is not None else None)
             for _ in bar:
-                metrics = self.strategy.step(self.iteration, lr, update_arch)
+                due = self.arch_plan.due(self.iteration)
+                metrics = self.strategy.step(self.iteration, lr, due)
+                self.arch_steps += due
+                update_arch = update_arch or due
                 self.iteration += 1
                 if self.iteration % cfg.sync_check_every == 0:
                     self.world.check_same_architecture(self.arch, self.iteration)
@@ -295,7 +299,8 @@ class SearchRun:
                     ticker.tick(self.iteration, epoch + 1, cfg.epochs)
             for sched in self.schedulers:
                 sched.step()
-            row = self._epoch_row(epoch, lr, update_arch, {k: v / n_iter for k, v in sorted(sums.items())}, started)
+            means = {**schedules, "arch_steps": self.arch_steps, **{k: v / n_iter for k, v in sorted(sums.items())}}
+            row = self._epoch_row(epoch, lr, update_arch, means, started)
             last = epoch == cfg.epochs - 1
             if cfg.early_stop_skips and row["skip_edges/normal"] >= cfg.early_stop_skips and not last:
                 self.stopped_early = epoch + 1

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from ilnas.space.ops import PRIMITIVES
+from ilnas.space.primitives import PRIMITIVES, check_primitives, derived_primitives
 from ilnas.utils.io import atomic_write_text
 
 SCHEMA_VERSION = 1
-DERIVED_PRIMITIVES: tuple[str, ...] = tuple(p for p in PRIMITIVES if p != "none")
+DERIVED_PRIMITIVES: tuple[str, ...] = derived_primitives(PRIMITIVES)
 EDGES_PER_NODE = 2
 
 Edge = tuple[str, int]
@@ -25,19 +25,28 @@ class GenotypeError(ValueError):
 
 @dataclass(frozen=True)
 class Genotype:
-    """DARTS' genotype: for each intermediate node, two (op, input) edges; inputs 0 and 1 are the cell inputs."""
+    """DARTS' genotype: for each intermediate node, two (op, input) edges; inputs 0 and 1 are the cell inputs.
+
+    ``primitives``: the candidate set of the space it comes from (``search.primitives``; default the DARTS 8);
+    every edge's op is one of them other than ``none``.
+    """
 
     normal: tuple[Edge, ...]
     normal_concat: tuple[int, ...]
     reduce: tuple[Edge, ...]
     reduce_concat: tuple[int, ...]
+    primitives: tuple[str, ...] = PRIMITIVES
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "primitives", check_primitives(tuple(self.primitives), "primitives"))
+        except ValueError as exc:
+            raise GenotypeError(str(exc)) from None
         for cell in ("normal", "reduce"):
             edges = tuple((str(op), int(idx)) for op, idx in getattr(self, cell))
             object.__setattr__(self, cell, edges)
             object.__setattr__(self, f"{cell}_concat", tuple(int(i) for i in getattr(self, f"{cell}_concat")))
-            _validate_cell(cell, edges, getattr(self, f"{cell}_concat"))
+            _validate_cell(cell, edges, getattr(self, f"{cell}_concat"), derived_primitives(self.primitives))
 
     @property
     def steps(self) -> int:
@@ -50,6 +59,7 @@ class Genotype:
             "normal_concat": list(self.normal_concat),
             "reduce": [list(e) for e in self.reduce],
             "reduce_concat": list(self.reduce_concat),
+            "primitives": list(self.primitives),
         }
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
@@ -66,7 +76,7 @@ class Genotype:
         if version != SCHEMA_VERSION:
             raise GenotypeError(f"schema_version: got {version!r}, allowed: {SCHEMA_VERSION}")
         expected = {"schema_version", "normal", "normal_concat", "reduce", "reduce_concat"}
-        missing, unknown = expected - set(data), set(data) - expected
+        missing, unknown = expected - set(data), set(data) - expected - {"primitives"}  # older files: DARTS 8
         if missing:
             raise GenotypeError(f"missing field(s) {sorted(missing)}; required: {sorted(expected)}")
         if unknown:
@@ -84,7 +94,10 @@ class Genotype:
                 raise GenotypeError(f"{cell}_concat: must be a list of node indices, got {concat!r}")
             cells[cell] = tuple((e[0], e[1]) for e in edges)
             cells[f"{cell}_concat"] = tuple(concat)
-        return cls(**cells)
+        primitives = data.get("primitives", list(PRIMITIVES))
+        if not isinstance(primitives, list) or not all(isinstance(p, str) for p in primitives):
+            raise GenotypeError(f"primitives: must be a list of op names, got {primitives!r}")
+        return cls(**cells, primitives=tuple(primitives))
 
     @classmethod
     def from_json(cls, text_or_path: str | os.PathLike) -> Genotype:
@@ -118,7 +131,7 @@ def load_genotype(genotype: Genotype | str | os.PathLike) -> Genotype:
     return Genotype.from_json(genotype)
 
 
-def _validate_cell(cell: str, edges: tuple[Edge, ...], concat: tuple[int, ...]) -> None:
+def _validate_cell(cell: str, edges: tuple[Edge, ...], concat: tuple[int, ...], allowed: tuple[str, ...]) -> None:
     if len(edges) == 0 or len(edges) % EDGES_PER_NODE:
         raise GenotypeError(
             f"{cell}: got {len(edges)} edges; allowed: {EDGES_PER_NODE} edges per intermediate node "
@@ -126,8 +139,8 @@ def _validate_cell(cell: str, edges: tuple[Edge, ...], concat: tuple[int, ...]) 
         )
     for i, (op, idx) in enumerate(edges):
         node = i // EDGES_PER_NODE
-        if op not in DERIVED_PRIMITIVES:
-            raise GenotypeError(f"{cell}[{i}].op: unknown op {op!r}; allowed: {list(DERIVED_PRIMITIVES)}")
+        if op not in allowed:
+            raise GenotypeError(f"{cell}[{i}].op: unknown op {op!r}; allowed: {list(allowed)}")
         if not 0 <= idx < node + 2:
             raise GenotypeError(
                 f"{cell}[{i}].input: node {node + 2} cannot read from state {idx}; allowed: 0..{node + 1}"
@@ -147,19 +160,29 @@ def derive_genotype(
     edge_weights_reduce: torch.Tensor | None = None,
     primitives: tuple[str, ...] = PRIMITIVES,
     multiplier: int | None = None,
+    activation: str = "softmax",
 ) -> Genotype:
     """DARTS rule: per node keep the 2 incoming edges whose best non-``none`` op weight is largest.
 
-    ``alphas_*`` are raw logits (edges x ops); ``edge_weights_*`` are PC-DARTS' normalized betas
-    (multiplied into the op weights when given). ``multiplier``: how many of the last nodes the search
-    cell concatenated (default: all ``steps``); the genotype concatenates the same ones.
+    ``alphas_*`` are raw logits (edges x ops, columns ``primitives``), turned into op weights by
+    ``activation`` (softmax; sigmoid for Fair DARTS); ``edge_weights_*`` are PC-DARTS' normalized betas
+    (multiplied into the op weights when given, as github yuhuixu1993/PC-DARTS model_search.py:194-198).
+    ``multiplier``: how many of the last nodes the search cell concatenated (default: all ``steps``); the
+    genotype concatenates the same ones.
     """
     multiplier = steps if multiplier is None else multiplier
     if not 1 <= multiplier <= steps:
         raise GenotypeError(f"multiplier: got {multiplier}; allowed: 1..{steps} (the number of nodes)")
+    if activation not in ("softmax", "sigmoid"):
+        raise GenotypeError(f"activation: got {activation!r}; allowed: ['softmax', 'sigmoid']")
+    primitives = tuple(primitives)
+    if alphas_normal.shape[-1] != len(primitives):
+        raise GenotypeError(f"alphas: {alphas_normal.shape[-1]} op columns, but {len(primitives)} primitives "
+                            f"{list(primitives)}")
 
     def parse(alphas: torch.Tensor, edge_w: torch.Tensor | None) -> tuple[Edge, ...]:
-        weights = torch.softmax(alphas.detach().float().cpu(), dim=-1)
+        logits = alphas.detach().float().cpu()
+        weights = torch.softmax(logits, dim=-1) if activation == "softmax" else torch.sigmoid(logits)
         if edge_w is not None:
             weights = weights * edge_w.detach().float().cpu().unsqueeze(-1)
         none = primitives.index("none") if "none" in primitives else None
@@ -182,6 +205,7 @@ def derive_genotype(
         normal_concat=concat,
         reduce=parse(alphas_reduce, edge_weights_reduce),
         reduce_concat=concat,
+        primitives=primitives,
     )
 
 

@@ -1,4 +1,4 @@
-"""The DARTS candidate operations: a tiny name -> constructor table.
+"""The candidate operations: a tiny name -> constructor table (the DARTS set plus R-DARTS' ``noise``).
 
 Every constructor takes ``(C, stride, affine)``; search cells build ops with
 ``affine=False`` (as DARTS does), derived networks with ``affine=True``.
@@ -11,16 +11,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-PRIMITIVES: tuple[str, ...] = (
-    "none",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-)
+from ilnas.space.primitives import KNOWN_PRIMITIVES, PRIMITIVES
+
+__all__ = ["KNOWN_PRIMITIVES", "OPS", "PRIMITIVES", "DilConv", "FactorizedReduce", "NoiseOp", "ReLUConvBN",
+           "SepConv", "Zero"]
 
 
 class ReLUConvBN(nn.Sequential):
@@ -64,6 +58,21 @@ class Zero(nn.Module):
         return x[:, :, :: self.stride, :: self.stride].mul(0.0)
 
 
+class NoiseOp(nn.Module):
+    """R-DARTS' ``noise`` (space S4): standard normal noise shaped like the (strided) input, never the input.
+
+    As github ruocwang/darts-pt sota/cnn/operations.py:29-43 (mean 0, std 1, a fresh draw every call).
+    """
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shaped = x if self.stride == 1 else x[:, :, :: self.stride, :: self.stride]
+        return torch.randn_like(shaped)
+
+
 class FactorizedReduce(nn.Module):
     """Halve the resolution without losing half the pixels: two offset 1x1 convs."""
 
@@ -100,5 +109,6 @@ OPS: dict[str, OpFactory] = {
     "sep_conv_5x5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine),
     "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine),
     "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine),
+    "noise": lambda C, stride, affine: NoiseOp(stride),
 }
-assert tuple(OPS) == PRIMITIVES
+assert tuple(OPS) == KNOWN_PRIMITIVES
