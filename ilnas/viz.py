@@ -31,7 +31,11 @@ CELLS = ("normal", "reduce")
 OP_COLORS = {op: plt.get_cmap("tab10")(i) for i, op in enumerate(PRIMITIVES)}
 
 
-def _save(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+MAX_WIDTH_PX = 1000  # two revisions side by side in ``dvc plots diff`` (its page also scales, .dvc/plots.html)
+
+
+def _save(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
+    dpi = min(dpi, MAX_WIDTH_PX / fig.get_size_inches()[0])
     try:
         return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi, bbox_inches="tight"))
     finally:
@@ -73,83 +77,119 @@ def cell_layout(genotype: Genotype, cell: str) -> tuple[Any, dict[Any, tuple[flo
     return g, {n: (float(x) * (steps + 2) * 2.0, -float(y) * 4.0) for n, (x, y) in pos.items()}
 
 
-def _bezier(a: np.ndarray, b: np.ndarray, rad: float, n: int = 25) -> np.ndarray:
-    """Points of matplotlib's ``arc3,rad=rad`` curve from a to b (a quadratic Bezier)."""
+def _bezier(a: np.ndarray, b: np.ndarray, rad: float, n: int | None = None) -> np.ndarray:
+    """Points of matplotlib's ``arc3,rad=rad`` curve from a to b (a quadratic Bezier), in the units of a and b.
+
+    matplotlib bends the curve in display (pixel) coordinates, so a and b must be display points for the result
+    to lie on the drawn edge (data units bend differently whenever the axes' x and y scales differ)."""
     mid = (a + b) / 2 + rad * np.array([b[1] - a[1], a[0] - b[0]])
+    n = n or max(25, int(np.linalg.norm(b - a) / 2))  # display points: one every ~2 pixels
     s = np.linspace(0.0, 1.0, n)[:, None]
     return (1 - s) ** 2 * a + 2 * (1 - s) * s * mid + s**2 * b
 
 
-def _route(a: np.ndarray, b: np.ndarray, others: list[np.ndarray], clearance: float) -> float:
-    """The smallest arc bend that keeps the edge ``clearance`` away from every node it does not join."""
+def _route(a: np.ndarray, b: np.ndarray, obstacles: list[Any]) -> float:
+    """The smallest arc bend (display points a, b) that keeps the edge out of every node box it does not join."""
     for rad in (0.0, 0.2, -0.2, 0.35, -0.35, 0.5, -0.5):
-        pts = _bezier(a, b, rad)[3:-3]
-        if all(np.min(np.linalg.norm(pts - o, axis=1)) > clearance for o in others):
+        pts = _bezier(a, b, rad)
+        pts = pts[len(pts) // 20: -len(pts) // 20 or None]
+        if not any(_points_in(box, pts) for box in obstacles):
             return rad
     return 0.5
+
+
+def _points_in(box: Any, pts: np.ndarray) -> bool:
+    return bool(np.any((pts[:, 0] >= box.x0) & (pts[:, 0] <= box.x1) & (pts[:, 1] >= box.y0) & (pts[:, 1] <= box.y1)))
 
 
 def _overlaps(box: Any, boxes: list[Any]) -> bool:
     return any(box.overlaps(other) for other in boxes)
 
 
-def draw_cell(g: Genotype, cell: str) -> tuple[Figure, list[Any], list[Any]]:
+LABEL_STOPS = (0.5, 0.4, 0.6, 0.32, 0.68, 0.25, 0.75, 0.2, 0.8)  # where along its edge a label may sit
+
+
+def _place_label(label: Any, curve: np.ndarray, others: list[np.ndarray], taken: list[Any], renderer: Any,
+                 to_data: Any) -> Any:
+    """Slide ``label`` along its own edge (display points ``curve``) to the first spot that covers no node, no
+    placed label and no other edge (so it never sits on a crossing); failing that, the spot with fewest."""
+    best, best_cost = None, None
+    for t in LABEL_STOPS:
+        point = curve[round(t * (len(curve) - 1))]
+        label.set_position(tuple(to_data.transform(point)))
+        box = label.get_window_extent(renderer)
+        cost = 4 * _overlaps(box, taken) + sum(_points_in(box, c) for c in others)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = point, cost
+        if cost == 0:
+            break
+    label.set_position(tuple(to_data.transform(best)))
+    return label.get_window_extent(renderer)
+
+
+def draw_cell(g: Genotype, cell: str, title: str | None = None) -> tuple[Figure, list[Any], list[Any]]:
     """The figure of one cell, with the rendered boxes of its op labels and of its nodes (display units).
 
-    Layered layout (:func:`cell_layout`); an edge bends around nodes it does not join; each op label slides
-    along its edge until it overlaps no node and no other label (checked on the rendered text boxes)."""
+    Layered layout (:func:`cell_layout`); an edge bends around nodes it does not join; each op label sits on
+    its own edge, at the first spot along it that covers no node, no other label and no other edge. Edges and
+    labels carry gids ``edge:a->b`` / ``label:a->b`` so a reader (or a test) can pair them."""
     if cell not in CELLS:
         raise ValueError(f"cell: got {cell!r}; allowed: {list(CELLS)}")
     graph, pos = cell_layout(g, cell)
-    xy = {n: np.array(p) for n, p in pos.items()}
     steps = len(getattr(g, cell)) // 2
-    fig, ax = plt.subplots(figsize=(3.0 + 2.6 * steps, 5.6))
+    fig, ax = plt.subplots(figsize=(2.6 + 2.0 * steps, 5.0))
     ax.set_axis_off()
-    ax.set_title(f"{cell} cell")
+    ax.set_title(f"{title}: {cell} cell" if title else f"{cell} cell")
     xs, ys = [p[0] for p in pos.values()], [p[1] for p in pos.values()]
     ax.set_xlim(min(xs) - 1.0, max(xs) + 1.0)
     ax.set_ylim(min(ys) - 1.2, max(ys) + 1.2)
     renderer = fig.canvas.get_renderer()
-    node_boxes = []
+    node_boxes: dict[Any, Any] = {}
     for n, p in pos.items():
         text = "$c_{k}$" if n == "out" else _state_name(n)
         color = "khaki" if n == "out" else ("palegreen" if n in (0, 1) else "lightblue")
         artist = ax.text(*p, text, ha="center", va="center", fontsize=11, zorder=3,
                          bbox={"boxstyle": "round,pad=0.4", "fc": color, "ec": "black"})
-        node_boxes.append(artist.get_window_extent(renderer).expanded(1.05, 1.1))
-    label_boxes: list[Any] = []
+        node_boxes[n] = artist.get_window_extent(renderer).expanded(1.05, 1.1)
+    disp = {n: ax.transData.transform(p) for n, p in pos.items()}
+    curves = {}
     for a, b, data in graph.edges(data=True):
-        others = [xy[n] for n in graph.nodes if n not in (a, b)]
-        rad = _route(xy[a], xy[b], others, clearance=0.45)
+        rad = _route(disp[a], disp[b], [box for n, box in node_boxes.items() if n not in (a, b)])
         op = data["op"]
         color = OP_COLORS.get(op, "grey")
-        ax.add_patch(FancyArrowPatch(tuple(xy[a]), tuple(xy[b]), connectionstyle=f"arc3,rad={rad}",
+        ax.add_patch(FancyArrowPatch(tuple(pos[a]), tuple(pos[b]), connectionstyle=f"arc3,rad={rad}",
                                      arrowstyle="-|>", mutation_scale=12, shrinkA=18, shrinkB=18, zorder=1,
-                                     color=color, lw=1.6 if op else 1.0, linestyle="-" if op else "--"))
-        if not op:
+                                     color=color, lw=1.6 if op else 1.0, linestyle="-" if op else "--",
+                                     gid=f"edge:{a}->{b}"))
+        curves[a, b] = _bezier(disp[a], disp[b], rad)
+    label_boxes: list[Any] = []
+    to_data = ax.transData.inverted()
+    for a, b, data in graph.edges(data=True):
+        if not data["op"]:
             continue
-        curve = _bezier(xy[a], xy[b], rad, n=21)
-        label = ax.text(0, 0, op, ha="center", va="center", fontsize=7.5, color=color, zorder=2,
+        label = ax.text(0, 0, data["op"], ha="center", va="center", fontsize=7.5, color=OP_COLORS.get(data["op"]),
+                        zorder=2, gid=f"label:{a}->{b}",
                         bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.9})
-        for i in (10, 8, 12, 6, 14, 5, 15, 4, 16):
-            label.set_position(tuple(curve[i]))
-            box = label.get_window_extent(renderer)
-            if not _overlaps(box, node_boxes) and not _overlaps(box, label_boxes):
-                break
-        label_boxes.append(label.get_window_extent(renderer))
-    return fig, label_boxes, node_boxes
+        others = [c[len(c) // 10: -len(c) // 10] for key, c in curves.items() if key != (a, b)]
+        label_boxes.append(_place_label(label, curves[a, b], others, label_boxes + list(node_boxes.values()),
+                                        renderer, to_data))
+    return fig, label_boxes, list(node_boxes.values())
 
 
-def plot_cell(genotype: Genotype | str | os.PathLike, cell: str, path: str | os.PathLike) -> Path:
-    """Draw one cell as a DAG: inputs c_{k-2}, c_{k-1} -> nodes 0..n-1 -> c_{k}, edges labelled with ops."""
-    fig, _, _ = draw_cell(load_genotype(genotype), cell)
+def plot_cell(genotype: Genotype | str | os.PathLike, cell: str, path: str | os.PathLike,
+              title: str | None = None) -> Path:
+    """Draw one cell as a DAG: inputs c_{k-2}, c_{k-1} -> nodes 0..n-1 -> c_{k}, edges labelled with ops.
+
+    ``title`` names the run (stage, method, seed); the cell's name follows it."""
+    fig, _, _ = draw_cell(load_genotype(genotype), cell, title)
     return _save(fig, path)
 
 
-def plot_genotype(genotype: Genotype | str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+def plot_genotype(genotype: Genotype | str | os.PathLike, out_dir: str | os.PathLike,
+                  title: str | None = None) -> list[Path]:
     """``<out_dir>/normal.png`` and ``<out_dir>/reduce.png``."""
     g = load_genotype(genotype)
-    return [plot_cell(g, cell, Path(out_dir) / f"{cell}.png") for cell in CELLS]
+    return [plot_cell(g, cell, Path(out_dir) / f"{cell}.png", title) for cell in CELLS]
 
 
 # ------------------------------------------------------------------------------------------ alpha history
@@ -163,6 +203,26 @@ def _edge_labels(n_edges: int) -> list[str]:
     return labels[:n_edges]
 
 
+def edge_colors(n: int) -> list[tuple[float, float, float]]:
+    """``n`` line colours far apart: tab10's ten, then the candidates from Dark2 and Set1 (qualitative maps,
+    too-light ones left out) farthest from every colour already taken. tab20 pairs near-identical shades."""
+    candidates: list[tuple[float, float, float]] = []
+    for name in ("tab10", "Dark2", "Set1"):
+        cmap = plt.get_cmap(name)
+        candidates += [tuple(float(c) for c in cmap(i)[:3]) for i in range(cmap.N)]
+    pool = np.array([c for c in dict.fromkeys(candidates) if np.dot(c, (0.2126, 0.7152, 0.0722)) < 0.7])
+    chosen = list(range(min(n, 10)))
+    while len(chosen) < min(n, len(pool)):
+        gaps = np.min(np.linalg.norm(pool[:, None] - pool[chosen][None], axis=2), axis=1)
+        chosen.append(int(np.argmax(gaps)))
+    colors = [tuple(float(c) for c in pool[i]) for i in chosen]
+    return [colors[i % len(colors)] for i in range(n)]
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
 def change_from_uniform(weights: np.ndarray) -> tuple[np.ndarray, float]:
     """Edges x ops weights minus the uniform 1/n_ops, and the symmetric colour limit that spans them.
 
@@ -174,7 +234,7 @@ def change_from_uniform(weights: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def plot_alpha_history(history: Sequence[Mapping[str, Any]], path: str | os.PathLike,
-                       primitives: Sequence[str] = PRIMITIVES) -> Path:
+                       primitives: Sequence[str] = PRIMITIVES, title: str | None = None) -> Path:
     """Per cell: the last epoch's softmaxed alphas as an edges x ops heatmap, and for every edge the
     weight of its strongest non-``none`` op over epochs (what derivation ranks edges by).
 
@@ -186,8 +246,10 @@ def plot_alpha_history(history: Sequence[Mapping[str, Any]], path: str | os.Path
         raise ValueError("plot_alpha_history: no rows with 'normal' / 'reduce' alphas")
     cells = [c for c in CELLS if c in rows[-1]]
     epochs = [int(r.get("epoch", i)) for i, r in enumerate(rows)]
-    fig, axes = plt.subplots(len(cells), 2, figsize=(13, 4.2 * len(cells)), squeeze=False,
+    fig, axes = plt.subplots(len(cells), 2, figsize=(10, 4.0 * len(cells)), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 1.3]})
+    if title:
+        fig.suptitle(title)
     for row, cell in enumerate(cells):
         w = np.array([r[cell] for r in rows], dtype=float)  # epochs x edges x ops
         if f"edge_{cell}" in rows[-1]:
@@ -200,7 +262,7 @@ def plot_alpha_history(history: Sequence[Mapping[str, Any]], path: str | os.Path
         im = ax.imshow(change, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
         ax.set_xticks(range(n_ops), ops, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(n_edges), labels, fontsize=8)
-        ax.set_title(f"{cell}, epoch {epochs[-1]}: op weight - uniform 1/{n_ops} (cells: weights)")
+        ax.set_title(f"{cell}, epoch {epochs[-1]}: weight - 1/{n_ops}\n(colour; numbers: weights)", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
         if n_edges * n_ops <= 160:
             for e in range(n_edges):
@@ -209,13 +271,14 @@ def plot_alpha_history(history: Sequence[Mapping[str, Any]], path: str | os.Path
         ax = axes[row][1]
         keep = [i for i, op in enumerate(ops) if op != "none"] or list(range(n_ops))
         strongest = w[:, :, keep].max(axis=2)  # epochs x edges
-        cmap = plt.get_cmap("tab20")
+        colors = edge_colors(n_edges)
         for e in range(n_edges):
-            ax.plot(epochs, strongest[:, e], marker="o", markersize=3, color=cmap(e % 20), label=labels[e])
+            ax.plot(epochs, strongest[:, e], marker=MARKERS[e % len(MARKERS)], markersize=3, color=colors[e],
+                    linestyle=LINE_STYLES[e // 10 % len(LINE_STYLES)], label=labels[e])
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("strongest non-none op weight")
-        ax.set_title(f"{cell}: edge strength over epochs")
+        ax.set_title(f"{cell}: edge strength over epochs", fontsize=9)
         ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return _save(fig, path)
@@ -233,7 +296,7 @@ def _number(v: Any) -> float | None:
 
 
 def plot_curves(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None, path: str | os.PathLike,
-                x: str = "epoch") -> Path:
+                x: str = "epoch", title: str | None = None) -> Path:
     """Per-epoch line curves of ``keys`` from CSV-like rows (values may be strings; blanks are skipped).
 
     Keys sharing a prefix before ``/`` (``val_loss/task_a``, ``val_loss/task_b``) share a panel; with
@@ -249,9 +312,11 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None, p
     for k in keys:
         groups.setdefault(k.split("/", 1)[0], []).append(k)
     n = len(groups)
-    cols = min(n, 3)
+    cols = min(n, 2)  # two columns at most: ``dvc plots diff`` puts two revisions side by side
     nrows = -(-n // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.2 * nrows), squeeze=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
     for ax, (title, group) in zip(axes.flat, groups.items()):
         for k in group:
             pts = [(_number(r.get(x, i)), _number(r.get(k))) for i, r in enumerate(rows)]

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from matplotlib.colors import to_rgb
 from PIL import Image
 
 from ilnas import viz
@@ -117,3 +118,68 @@ def test_curve_epoch_ticks_are_integers(tmp_path: Path, monkeypatch: pytest.Monk
     viz.plot_curves(rows, ["val_loss_mean"], tmp_path / "c.png")
     ticks = figures[0].axes[0].get_xticks()
     assert len(ticks) and all(float(t).is_integer() for t in ticks)
+
+
+def _bezier_points(path) -> np.ndarray:
+    """Dense points of a rendered matplotlib path (its Bezier segments sampled), display units."""
+    return np.vstack([seg(np.linspace(0.0, 1.0, 300)) for seg, _ in path.iter_bezier()])
+
+
+def test_every_op_label_sits_on_its_own_edge() -> None:
+    """Measured on the rendered artists: each label's centre lies on its edge's drawn path, and every other
+    edge passes farther away than the label's half-height (no label on a crossing or on a foreign edge)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch
+
+    rng = np.random.default_rng(1)
+    ops = ["sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "skip_connect", "max_pool_3x3", "avg_pool_3x3"]
+    cells = [Genotype(normal=e, normal_concat=(2, 3, 4, 5), reduce=e, reduce_concat=(2, 3, 4, 5))
+             for e in (tuple((str(rng.choice(ops)), int(j)) for n in range(4)
+                             for j in rng.choice(n + 2, size=2, replace=False)) for _ in range(3))]
+    for genotype in (DARTS_V2, *cells):
+        for cell in ("normal", "reduce"):
+            fig, _, _ = viz.draw_cell(genotype, cell, title="derive IL K=2 finite_difference seed 0")
+            fig.canvas.draw()
+            ax = fig.axes[0]
+            assert ax.get_title().startswith("derive IL K=2 finite_difference seed 0")
+            edges = {p.get_gid()[len("edge:"):]: _bezier_points(p.get_transform().transform_path(p.get_path()))
+                     for p in ax.patches if isinstance(p, FancyArrowPatch)}
+            labels = [t for t in ax.texts if (t.get_gid() or "").startswith("label:")]
+            assert len(labels) == 8 and len(edges) >= 8
+            for label in labels:
+                box = label.get_window_extent()
+                centre = np.array([(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2])
+                dist = {k: float(np.min(np.linalg.norm(pts - centre, axis=1))) for k, pts in edges.items()}
+                own = label.get_gid()[len("label:"):]
+                assert dist[own] < 1.5, (genotype, cell, own, dist[own])
+                assert min(d for k, d in dist.items() if k != own) > box.height / 2, (genotype, cell, own)
+            plt.close(fig)
+
+
+def test_alpha_edge_colours_are_distinguishable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 14 edge curves of a 4-node cell: every pair of colours at least 0.2 apart in RGB (tab20: 0.15)."""
+    figures = []
+    monkeypatch.setattr(viz, "_save", lambda fig, path, dpi=100: figures.append(fig) or Path(path))
+    arch = Architecture(nodes=4, edge_normalization=False)
+    rows = [{"epoch": e, **arch.softmax_snapshot()} for e in (1, 2)]
+    viz.plot_alpha_history(rows, tmp_path / "a.png", title="search IL K=2 finite_difference seed 0")
+    assert figures[0].get_suptitle() == "search IL K=2 finite_difference seed 0"
+    lines = [ln for ax in figures[0].axes for ln in ax.get_lines()][:14]
+    assert len(lines) == 14
+    rgb = np.array([to_rgb(ln.get_color()) for ln in lines])
+    gaps = np.linalg.norm(rgb[:, None] - rgb[None], axis=2) + np.eye(14) * 9
+    assert gaps.min() >= 0.2
+    assert all(np.dot(c, (0.2126, 0.7152, 0.0722)) < 0.7 for c in rgb)  # none too light on white
+
+
+def test_saved_figures_fit_two_columns(tmp_path: Path) -> None:
+    """``dvc plots diff`` shows two revisions side by side: no picture wider than viz.MAX_WIDTH_PX pixels."""
+    arch = Architecture(nodes=4, edge_normalization=True)
+    rows = [{"epoch": e, **arch.softmax_snapshot()} for e in (1, 2)]
+    curves = [{"epoch": e, "train_loss": 1 / e, "test_loss": 1.2 / e, "train_top1": e / 4, "test_top1": e / 5}
+              for e in (1, 2, 3)]
+    for path in (viz.plot_cell(DARTS_V2, "normal", tmp_path / "n.png", title="derive"),
+                 viz.plot_alpha_history(rows, tmp_path / "a.png"),
+                 viz.plot_curves(curves, None, tmp_path / "c.png", title="retrain")):
+        with Image.open(path) as img:
+            assert img.size[0] <= viz.MAX_WIDTH_PX + 2, (path.name, img.size)
