@@ -22,7 +22,6 @@ import torch
 from ilnas.search.checkpoint import CheckpointError, load_state_file
 from ilnas.space.architecture import Architecture
 from ilnas.space.genotype import PARAMETER_FREE_OPS, Genotype, derive_genotype
-from ilnas.space.ops import PRIMITIVES
 
 Select = Literal["last", "best_val"]
 SELECT_CHOICES = ("last", "best_val")
@@ -69,10 +68,10 @@ def derive_capped(arch: Architecture, caps: Caps) -> tuple[Genotype, list[str]]:
     replaced: list[str] = []
     while (ops := caps.capped_ops(genotype)) is not None:
         starts = [sum(2 + i for i in range(node)) for node in range(arch.nodes)]
-        chosen = [(weights[starts[i // 2] + j, PRIMITIVES.index(op)], starts[i // 2] + j, op, i // 2, j)
+        chosen = [(weights[starts[i // 2] + j, arch.primitives.index(op)], starts[i // 2] + j, op, i // 2, j)
                   for i, (op, j) in enumerate(genotype.normal) if op in ops]
         _, eid, op, node, j = min(chosen, key=lambda c: float(c[0]))
-        weights[eid, PRIMITIVES.index(op)] = 0.0
+        weights[eid, arch.primitives.index(op)] = 0.0
         replaced.append(f"normal: {op}<-{j} (node {node + 2})")
         genotype = _derive_from_weights(arch, weights, edge_w)
     return genotype, replaced
@@ -87,21 +86,23 @@ def _derive_from_weights(arch: Architecture, normal: torch.Tensor, edge_w: torch
     scale = normal.sum(-1)
     edge = scale if edge_w is None else scale * edge_w.detach().float().cpu()
     base = arch.derive()
-    normal_cell = derive_genotype(logits, arch.alphas_reduce, arch.nodes, edge, multiplier=arch.multiplier).normal
+    normal_cell = derive_genotype(logits, arch.alphas_reduce, arch.nodes, edge, multiplier=arch.multiplier,
+                                  primitives=arch.primitives).normal
     return Genotype(normal=normal_cell, normal_concat=base.normal_concat, reduce=base.reduce,
-                    reduce_concat=base.reduce_concat)
+                    reduce_concat=base.reduce_concat, primitives=base.primitives)
 
 
 def alphas_payload(arch: Architecture, snapshots: list[dict[str, Any]]) -> dict[str, Any]:
-    """What ``alphas.pt`` holds: format, nodes, multiplier, final parameters, per-epoch snapshots."""
-    return {"alphas_format": ALPHAS_FORMAT, "nodes": arch.nodes, "multiplier": arch.multiplier,
+    """What ``alphas.pt`` holds: format, nodes, multiplier, primitives and activation, final parameters,
+    per-epoch snapshots."""
+    return {"alphas_format": ALPHAS_FORMAT, "nodes": arch.nodes, "multiplier": arch.multiplier, **arch.spec(),
             **arch.raw_snapshot(), "snapshots": snapshots}
 
 
 def _genotype(path: Path, nodes: int, multiplier: int, tensors: dict[str, Any],
-              caps: Caps) -> tuple[Genotype, list[str]]:
-    try:
-        arch = Architecture(nodes, edge_normalization="betas_normal" in tensors, multiplier=multiplier)
+              caps: Caps, spec: dict[str, Any]) -> tuple[Genotype, list[str]]:
+    try:  # spec: the search space's primitives and activation (older files: the DARTS 8, softmax)
+        arch = Architecture(nodes, edge_normalization="betas_normal" in tensors, multiplier=multiplier, **spec)
         arch.load_state_dict(tensors)
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a valid alphas file ({type(exc).__name__}: {exc})") from exc
@@ -123,17 +124,18 @@ def derive_from_alphas_file(path: str | os.PathLike, select: Select = "last", ca
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a valid alphas file (lacks {exc})") from exc
     names = ("alphas_normal", "alphas_reduce", "betas_normal", "betas_reduce")
+    spec = {k: state[k] for k in ("primitives", "activation") if k in state}
     if select == "last" or not snapshots:
         if select == "best_val":
             raise CheckpointError(f"{path}: holds no per-epoch snapshots, so derive.select: best_val cannot be "
                                   "honoured; use last")
         last = snapshots[-1] if snapshots else {}
         tensors = {k: v for k, v in state.items() if k in names}
-        genotype, replaced = _genotype(path, nodes, multiplier, tensors, caps or Caps())
+        genotype, replaced = _genotype(path, nodes, multiplier, tensors, caps or Caps(), spec)
         return Derivation(genotype, "last", last.get("epoch"), last.get("val_loss_mean"), bool(replaced), replaced)
     best = min(snapshots, key=lambda s: (s["val_loss_mean"], s["epoch"]))  # earliest among ties
     tensors = {k: v for k, v in best.items() if k in names}
-    genotype, replaced = _genotype(path, nodes, multiplier, tensors, caps or Caps())
+    genotype, replaced = _genotype(path, nodes, multiplier, tensors, caps or Caps(), spec)
     return Derivation(genotype, "best_val", int(best["epoch"]), float(best["val_loss_mean"]), bool(replaced),
                       replaced)
 
