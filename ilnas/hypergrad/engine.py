@@ -1,4 +1,4 @@
-"""Architecture hypergradients through the interleaved stages (DESIGN.md section 2).
+"""Architecture hypergradients through the interleaved stages (docs/design.md).
 
 Four interchangeable methods share one definition of the inner step,
 ``theta' = theta - xi * (mu * buf + grad L_k^tr(theta, A) + wd * theta + lam * (W - W_prev))``,
