@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from stages.common import CELLS, GENOTYPE, SEARCH_OUT, fresh_dir, setup, tracker, write_metrics
-from stages.figures import SEARCH_FIGURES, draw_search_figures, figure, viz
+from stages.figures import SEARCH_FIGURES, draw_search_figures, figure, figure_title, viz
 
 log = logging.getLogger("ilnas.stages.derive")
 
@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         genotype.to_json(GENOTYPE)
         cells = fresh_dir(CELLS)
         v = viz()
-        pictures = figure("cells", v.plot_genotype, genotype, cells) if v is not None else None
+        pictures = (figure("cells", v.plot_genotype, genotype, cells, title=figure_title("derive", params))
+                    if v is not None else None)
         if not pictures:
             (cells / "README.txt").write_text("cell pictures unavailable; see the stage log\n")
         collapse = genotypes.collapse_counts(genotype)
@@ -58,9 +59,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         trk.log_metrics({k: v for k, v in metrics.items() if v is not None})
         trk.log_artifact(GENOTYPE)
         trk.log_artifact(cells, "cells")
-        if draw_search_figures(SEARCH_OUT, fresh_dir(SEARCH_FIGURES)):  # the search's curves, drawn here
+        # the search's curves, drawn here
+        if draw_search_figures(SEARCH_OUT, fresh_dir(SEARCH_FIGURES), figure_title("search", params)):
             trk.log_artifact(SEARCH_FIGURES, "search_figures")
-    log.info("genotype: %s", genotype)
+    searched = SEARCH_OUT / "genotype.json"
+    if source == "search" and searched.exists() and genotypes.load_genotype(searched) == genotype:
+        log.info("genotype: as the search printed it (%s)", GENOTYPE)  # printed once per run
+    else:
+        log.info("genotype: %s (%s)", compact(genotype), GENOTYPE)
+
+
+def compact(genotype: object) -> str:
+    """``normal[op<-input ...] reduce[...]``: one short line instead of the dataclass repr."""
+    cells = [f"{cell}[{' '.join(f'{op}<-{j}' for op, j in getattr(genotype, cell))}]" for cell in ("normal", "reduce")]
+    return " ".join(cells)
 
 
 if __name__ == "__main__":  # a known error ends as one message block (exit 2 for bad input)

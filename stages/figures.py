@@ -42,7 +42,17 @@ def figure(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return None
 
 
-def draw_search_figures(search_dir: Path, out: Path) -> list[Path]:
+def figure_title(stage: str, params: Any) -> str:
+    """What a picture names: stage, method, K, hypergradient, seed and the DVC experiment (as the MLflow run)."""
+    from ilnas.tracking import run_identity
+    from stages.common import search_method
+
+    section = getattr(params, stage, None)
+    seed = getattr(section, "seed", params.seed)
+    return run_identity(stage, search_method(params), len(params.search.tasks), params.search.hypergrad, seed)[0]
+
+
+def draw_search_figures(search_dir: Path, out: Path, title: str | None = None) -> list[Path]:
     """Loss and accuracy curves, the alpha heatmap (and LFM's class weights) of a finished search, into ``out``.
 
     Reads the search's outputs only, so redrawing never reruns the search; returns the figures drawn."""
@@ -59,9 +69,9 @@ def draw_search_figures(search_dir: Path, out: Path) -> list[Path]:
     columns = list(history[0]) if history else []
     loss_keys = [k for k in columns if k.startswith(("train_loss/", "val_loss/"))]
     acc_keys = [k for k in columns if k.startswith(("train_acc/", "val_acc/"))]
-    drawn = [figure("alpha heatmap", v.plot_alpha_history, alpha_rows, out / "alpha_history.png"),
-             figure("loss curves", v.plot_curves, history, loss_keys, out / "loss.png"),
-             figure("accuracy curves", v.plot_curves, history, acc_keys, out / "accuracy.png")]
+    drawn = [figure("alpha heatmap", v.plot_alpha_history, alpha_rows, out / "alpha_history.png", title=title),
+             figure("loss curves", v.plot_curves, history, loss_keys, out / "loss.png", title=title),
+             figure("accuracy curves", v.plot_curves, history, acc_keys, out / "accuracy.png", title=title)]
     if any("class_weights" in row for row in alpha_rows):  # strategy: lfm
         drawn.append(figure("class weights", v.plot_class_weights, alpha_rows, out / "class_weights.png"))
     return [p for p in drawn if p is not None]

@@ -38,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         trk.log_params({f"{stage}.split": {"seed": sm["seed"], "val_fraction": sm["val_fraction"]}
                         for stage, sm in summaries.items()})
         folder = export_imagefolder(fresh_dir(IMAGEFOLDER), image_size=params.prepare.image_size, seed=params.seed)
-        metrics: dict = {"tasks": len(search.tasks) + 1}
+        # tasks: the search's K (what the run summary shows); the manifests also hold the retrain task
+        metrics: dict = {"tasks": len(search.tasks), "manifest_tasks": len(search.tasks) + 1}
         for stage, summary in summaries.items():
             for name, info in summary["tasks"].items():
                 metrics.update({f"{stage}/{name}/{k}": v for k, v in info.items() if isinstance(v, int | float)})

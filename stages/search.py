@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             trk.log_artifact(out / "alphas.pt")
             trk.log_artifact(out / "checkpoint.pt", "checkpoint")
     shutil.rmtree(work, ignore_errors=True)
-    log.info("search done: %s (genotype %s)", Path(SEARCH_OUT), result.genotype)
+    log.info("search done: %s", Path(SEARCH_OUT))  # the genotype: the search's own compact line
 
 
 if __name__ == "__main__":  # a known error ends as one message block (exit 2 for bad input)

@@ -75,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name in ("metrics.json", "history.csv", "config.json"):
             if (TRANSFER_OUT / name).exists():
                 trk.log_artifact(TRANSFER_OUT / name)
-    log.info("transfer done: top1 %s top5 %s", result.metrics.get("top1"), result.metrics.get("top5"))
+    log.info("transfer done: top1 %.4g top5 %.4g (%s)", result.metrics.get("top1", float("nan")),
+             result.metrics.get("top5", float("nan")), TRANSFER_OUT)
 
 
 if __name__ == "__main__":  # a known error ends as one message block (exit 2 for bad input)

@@ -340,9 +340,10 @@ class SearchRun:
                                **self.arch.raw_snapshot()})
         if not self.world.is_main:
             return row
-        log.info("epoch %d/%d lr %.4f | val loss/ln C %.4f, acc above chance %.3f (mean of %d tasks) | "
+        log.info("epoch %d/%d lr %.4f | val loss/ln C %.4f, acc above chance %.3f (mean of %s) | "
                  "param-free edges normal %d/%d reduce %d/%d, skips %d/%d | %.1f s", epoch + 1, cfg.epochs, lr,
-                 row["val_loss_norm_mean"], row["val_acc_above_chance_mean"], len(self.tasks),
+                 row["val_loss_norm_mean"], row["val_acc_above_chance_mean"],
+                 f"{len(self.tasks)} task" + ("s" if len(self.tasks) != 1 else ""),
                  row["param_free_edges/normal"], len(genotype.normal), row["param_free_edges/reduce"],
                  len(genotype.reduce), row["skip_edges/normal"], row["skip_edges/reduce"], row["epoch_time_s"])
         return row
