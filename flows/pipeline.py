@@ -110,6 +110,11 @@ def _forward(logger: Any, line: str) -> None:
         logger.info("%s", rest if level in ("INFO", "DEBUG") else line)
 
 
+# what `dvc repro` prints after every stage that ran (CmdRepro.run writes it unconditionally; only -q, which also
+# hides DVC's errors, turns it off): the flow drops it (DVC's own git-add hint is quieted in flows.dvc_repo)
+DVC_HINTS = frozenset({"Use `dvc push` to send your updates to remote storage."})
+
+
 @task(name="dvc-stage", cache_policy=NONE, persist_result=False, retries=0)
 def run_stage(stage: str, project_dir: str, timeout_s: float | None = None, force: bool = False,
               env: dict[str, str] | None = None) -> Completed:
@@ -135,7 +140,7 @@ def run_stage(stage: str, project_dir: str, timeout_s: float | None = None, forc
         assert proc.stdout is not None
         for raw in proc.stdout:  # universal newlines: a progress bar's '\r' updates arrive as lines too
             line = raw.rstrip()
-            if line:
+            if line and line not in DVC_HINTS:
                 tail.append(line)
                 del tail[:-15]
                 _forward(logger, line)

@@ -15,6 +15,7 @@ from stages.common import (
     PREPARED,
     RETRAIN_OUT,
     is_rank0,
+    parse_args,
     relaunch_under_torchrun,
     setup,
     torchrun_needed,
@@ -22,7 +23,7 @@ from stages.common import (
     write_metrics,
     write_rows_csv,
 )
-from stages.figures import figure, viz
+from stages.figures import figure, figure_title, viz
 
 log = logging.getLogger("ilnas.stages.retrain")
 
@@ -34,8 +35,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     rank0 = is_rank0()
     from ilnas.space.genotype import load_genotype
     from ilnas.train import retrain
+    from ilnas.train.config import warn_implicit_recipe
 
     cfg = params.retrain
+    if is_rank0():  # the papers' recipe or timm's: say which when the file does not
+        warn_implicit_recipe("retrain", cfg, parse_args("retrain", argv).params)
     genotype = load_genotype(GENOTYPE)
     if not rank0:  # the other ranks only train
         retrain(cfg, genotype, RETRAIN_OUT, resume=True, manifest_dir=PREPARED)
@@ -58,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         v = viz()
         if v is not None and result.history:
             keys = [k for k in result.history[0] if "loss" in k or "top1" in k]
-            figure("curves", v.plot_curves, result.history, keys, RETRAIN_OUT / "curves.png")
+            figure("curves", v.plot_curves, result.history, keys, RETRAIN_OUT / "curves.png",
+                   title=figure_title("retrain", params))
             if (RETRAIN_OUT / "curves.png").exists():
                 trk.log_artifact(RETRAIN_OUT / "curves.png")
         for name in ("metrics.json", "history.csv", "config.json", "genotype.json"):
