@@ -16,6 +16,7 @@ by stage, then ``dvc exp save`` records it as an experiment (``dvc exp show`` li
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -43,7 +44,8 @@ from flows.dvc_repo import (
     restorable,
     stage_changed,
 )
-from flows.summary import headline, markdown_table, stage_metrics
+from flows.naming import flow_run_identity, label_flow_run
+from flows.summary import headline, log_search_comparison, markdown_table, stage_metrics
 from flows.variants import Variant, resolve_variant
 from ilnas.params import ParamsError
 from ilnas.tracking import (
@@ -65,6 +67,36 @@ STATE_NAMES = {"ran": "Completed", "restored": "Restored", "skipped": "Skipped"}
 
 class StageFailed(RuntimeError):
     """A DVC stage exited non-zero or timed out; the message names the stage."""
+
+
+class _WithoutTraceback(logging.Formatter):
+    """The console formatter it wraps, minus the traceback: Prefect logs a failed task run (each attempt) and
+    the failed flow run with ``exc_info``; the message line stays, the traceback only with ``--debug``."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None  # type: ignore[assignment]
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def quiet_failure_tracebacks() -> None:
+    """Prefect's console handlers print no tracebacks unless ``--debug`` / ``ILNAS_DEBUG=1`` (the API log keeps
+    them for the Prefect UI); the failure itself ends the run as one message block (flows.__main__)."""
+    from ilnas.errors import debug_enabled
+
+    for handler in logging.getLogger().handlers:
+        quiet = isinstance(handler.formatter, _WithoutTraceback)
+        if debug_enabled() and quiet:
+            handler.setFormatter(handler.formatter.inner)
+        elif not debug_enabled() and not quiet and type(handler).__module__.startswith("prefect."):
+            handler.setFormatter(_WithoutTraceback(handler.formatter or logging.Formatter()))
 
 
 # -- the task ------------------------------------------------------------------------------------------------
@@ -179,6 +211,7 @@ def pipeline(project_dir: str = ".", overrides: list[str] | None = None, preset:
     A run that fails leaves every git-tracked file it touches as it was before the run."""
     logger = get_run_logger()
     telemetry_off()
+    quiet_failure_tracebacks()
     project = Path(project_dir).resolve()
     # 1. everything is validated before anything runs (python -m flows did it already, before Prefect started)
     variant: Variant = resolve_variant(project, overrides or [], preset, name)
@@ -203,6 +236,11 @@ def pipeline(project_dir: str = ".", overrides: list[str] | None = None, preset:
     method = search_method(params)
     parent: str | None = None
     flow_run_id = str(flow_run_runtime.get_id() or "")
+    if flow_run_id:  # the Prefect run list says what runs: 'IL K=2 finite_difference seed 0 [darts]', tags
+        try:
+            label_flow_run(flow_run_id, *flow_run_identity(variant))
+        except Exception as exc:  # noqa: BLE001 - a label must not stop the pipeline
+            logger.warning("flow run not renamed or tagged: %s: %s", type(exc).__name__, exc)
     if uri:
         try:
             parent = start_parent_run(
@@ -270,6 +308,11 @@ def pipeline(project_dir: str = ".", overrides: list[str] | None = None, preset:
             create_markdown_artifact(key=ARTIFACT_KEY, markdown=md, description="ilnas pipeline: what DVC did")
         except Exception as exc:  # noqa: BLE001
             logger.warning("Prefect artifact not created: %s", exc)
+        if parent and uri and failure is None:
+            try:  # IL against DARTS on the parent run: figures/comparison.png, comparison.md / .json
+                log_search_comparison(uri, parent, params.tracking.experiment)
+            except Exception as exc:  # noqa: BLE001 - tracking is best effort
+                logger.warning("MLflow comparison not logged on the parent run: %s: %s", type(exc).__name__, exc)
         if parent and uri:
             try:
                 end_parent_run(uri, parent, "FAILED" if failure else "FINISHED",
