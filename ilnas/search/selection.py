@@ -169,8 +169,8 @@ class PerturbationSelector:
                 x, y = stream.next()
                 logits = self.model(x.to(self.device), weights, k).float()
                 loss = loss + nn.functional.cross_entropy(logits, y.to(self.device)) / len(self.streams)
-            if not math.isfinite(float(loss)):
-                raise FloatingPointError(f"DARTS-PT fine-tuning diverged (loss {float(loss)}) at step "
+            if not math.isfinite(float(loss.detach())):
+                raise FloatingPointError(f"DARTS-PT fine-tuning diverged (loss {float(loss.detach())}) at step "
                                          f"{self.tune_steps}; lower derive.perturbation.tune_lr_factor")
             loss.backward()
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
