@@ -59,6 +59,22 @@ class DataDamagedError(IlnasError, RuntimeError):
     exit_code = EXIT_INPUT
 
 
+class DamagedImageError(DataDamagedError):
+    """An image of a dataset cannot be decoded (truncated, not an image): the message names the file and dataset.
+
+    Raised inside a DataLoader worker it reaches the main process as ``DamagedImageError("Caught ... in
+    DataLoader worker process N. Original Traceback ...")`` (torch's ``ExceptionWrapper.reraise`` builds it
+    from the formatted traceback); the original message is taken back out of that text, so the user sees the
+    file and the dataset and no worker traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__module__}.{type(self).__qualname__}: "
+        if message.startswith("Caught ") and marker in message:
+            message = message[message.rindex(marker) + len(marker):].strip()
+        super().__init__(message)
+
+
 class RunFailed(IlnasError, RuntimeError):
     """A run that started from valid input failed for a known reason (divergence, a stage that failed)."""
 

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from ilnas.data.spec import TaskConfig
-from ilnas.errors import DataDamagedError, DataError, DataMissingError, RunFailed
+from ilnas.errors import DamagedImageError, DataDamagedError, DataError, DataMissingError, RunFailed
 
 Transform = Callable[[Any], Any]
 
@@ -227,22 +227,42 @@ def build_cifar(cfg: TaskConfig, seed: int, val_fraction: float, train_transform
 # ------------------------------------------------------------------------------------------ ImageFolder
 
 
-class ImageFiles(Dataset):
-    """(PIL RGB image, label) read from disk on access: a folder is never loaded into memory."""
+def load_image(path: str, dataset: str = "dataset") -> Any:
+    """The RGB image at ``path`` (torchvision's ``pil_loader``); a file PIL cannot decode (truncated, not an
+    image, a decompression bomb) is a :class:`DamagedImageError` naming the file and ``dataset``.
 
-    def __init__(self, samples: list[tuple[str, int]]):
+    Why: PIL decodes lazily, so a damaged file surfaces deep inside a DataLoader worker as ``OSError: image
+    file is truncated`` with two tracebacks and no file name. Also the ``loader`` of torchvision ImageFolders
+    (``functools.partial(load_image, dataset=...)``, picklable for worker processes)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError as exc:
+        raise DataMissingError(f"{dataset}: image {path} vanished after the folder was listed ({exc})") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise DamagedImageError(f"{dataset}: image {path} cannot be read ({type(exc).__name__}: {reason}); "
+                                "the file is truncated or not an image: replace or delete it") from exc
+
+
+class ImageFiles(Dataset):
+    """(PIL RGB image, label) read from disk on access: a folder is never loaded into memory.
+
+    ``dataset`` names it in errors (a damaged file is reported with its path and this name)."""
+
+    def __init__(self, samples: list[tuple[str, int]], dataset: str = "ImageFolder"):
         self.samples = samples
+        self.dataset = dataset
         self.targets = np.array([y for _, y in samples], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        from PIL import Image
-
         path, y = self.samples[i]
-        with Image.open(path) as img:
-            return img.convert("RGB"), y
+        return load_image(path, self.dataset), y
 
 
 def _scan_folder(directory: Path, cfg: TaskConfig, class_to_idx: dict[str, int] | None = None
@@ -292,18 +312,19 @@ def build_imagefolder(cfg: TaskConfig, seed: int, val_fraction: float, train_tra
     default_train, default_eval = imagefolder_transforms(side)
     train_tf = train_transform if train_transform is not None else default_train
     eval_tf = eval_transform if eval_transform is not None else default_eval
+    label = f"task {cfg.name!r} (ImageFolder {root})"
     if (root / "train").is_dir():
         samples, names = _scan_folder(root / "train", cfg)
-        base = ImageFiles(samples)
+        base = ImageFiles(samples, label)
         if (root / "val").is_dir():
-            test_base = ImageFiles(_scan_folder(root / "val", cfg, {n: i for i, n in enumerate(names)})[0])
+            test_base = ImageFiles(_scan_folder(root / "val", cfg, {n: i for i, n in enumerate(names)})[0], label)
             views = _views(cfg, seed, val_fraction, base, base.targets, test_base, test_base.targets,
                            len(names), train_tf, eval_tf)
         else:
             views = _held_out_views(cfg, seed, val_fraction, base, len(names), train_tf, eval_tf)
     else:
         samples, names = _scan_folder(root, cfg)
-        views = _held_out_views(cfg, seed, val_fraction, ImageFiles(samples), len(names), train_tf, eval_tf)
+        views = _held_out_views(cfg, seed, val_fraction, ImageFiles(samples, label), len(names), train_tf, eval_tf)
     train, val, test, classes = views
     channels = 3
     if eval_transform is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
+from ilnas.data.tasks import load_image
 from ilnas.errors import DataError, DataMissingError
 from ilnas.nets.profile import count_macs, count_params
 from ilnas.space.genotype import Genotype, load_genotype
@@ -59,7 +61,9 @@ def imagefolder_datasets(root: str | os.PathLike, cfg: TransferConfig) -> tuple[
     splits = []
     for split, tf in ((cfg.train_split, train_tf), (cfg.val_split, eval_tf)):
         try:
-            splits.append(ImageFolder(str(root / split), transform=tf))
+            # a damaged image is an error naming the file and the split, not a DataLoader worker's traceback
+            loader = partial(load_image, dataset=f"transfer {split} split ({root / split})")
+            splits.append(ImageFolder(str(root / split), transform=tf, loader=loader))
         except FileNotFoundError as exc:  # torchvision: no class folder, or a class folder without images
             raise DataMissingError(f"{root / split}: {exc}; an ImageNet-layout folder needs "
                                    f"{split}/CLASS/*.jpeg") from None
