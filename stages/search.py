@@ -103,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             trk.log_artifact(out / "checkpoint.pt", "checkpoint")
     shutil.rmtree(work, ignore_errors=True)
     log.info("search done: %s", Path(SEARCH_OUT))  # the genotype: the search's own compact line
+    m = result.metrics  # the headline means the same for 5-way and 10-way tasks (raw means do not)
+    log.info("search headline: val_loss_norm_mean %.4f (loss / ln C), val_acc_above_chance_mean %.4f "
+             "((acc - 1/C) / (1 - 1/C)); per task: val_loss/<task>, val_acc/<task>",
+             m.get("val_loss_norm_mean", float("nan")), m.get("val_acc_above_chance_mean", float("nan")))
 
 
 if __name__ == "__main__":  # a known error ends as one message block (exit 2 for bad input)
