@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DVC_NO_ANALYTICS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install run test lint bench clean study
+.PHONY: install run test lint bench clean study calibrate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -37,6 +37,16 @@ study: $(STAMP)
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=$${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120} \
 	$(BIN)/python -m flows.study $(STUDY) $(ARGS); \
 	rc=$$?; echo "make study: $$(( $$(date +%s) - start )) s wall"; exit $$rc
+
+# the proxy calibration that chose the default study's evaluation protocol (reports/calibration/<name>/):
+# Kendall's tau to a longer, wider retraining, ICC and detectable difference, all on validation
+CALIBRATION ?= configs/calibration.yaml
+calibrate: $(STAMP)
+	@start=$$(date +%s); \
+	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=$${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120} \
+	$(BIN)/python -m flows.calibrate $(CALIBRATION) $(ARGS); \
+	rc=$$?; echo "make calibrate: $$(( $$(date +%s) - start )) s wall"; exit $$rc
 
 test: $(STAMP)
 	$(BIN)/ruff check ilnas stages flows tests bench

@@ -1,28 +1,33 @@
-"""The study report: ``reports/<study>/report.md``, ``summary.json`` and figures (matplotlib, Agg).
+"""The study report: ``reports/<study>/report.md`` (figures embedded), ``summary.json``, ``spec.yaml``, ``figures/``.
 
-It says exactly what produced it (commit, spec and its hash, code version, overrides) and, per arm, the
-retrained test accuracy over all (search seed, retrain seed) pairs with its 95 % interval, parameters,
-MACs, search cost (seconds and training images seen), and the test against the baseline arm; then every
-trial's derived cell side by side, failed trials with their error, and the figures.
+It opens with the answer (a verdict sentence per comparison), then one table per arm (mean and interval,
+percentile among random cells, effects against the other arms with Holm-corrected p-values), the design and
+its power, the protocol and how it was chosen, the figures, every trial and the provenance. A rerun whose
+results did not change leaves every file as it was (``fingerprint`` over the results, not the timings).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
-from ilnas.study.stats import TEST_NAME, ArmSummary, Comparison, compare, summarize
+from ilnas.study import analysis, figures
+from ilnas.study.reference import reference_summary
+from ilnas.study.stats import TEST_NAME
 from ilnas.study.trials import Trial
 from ilnas.utils.io import atomic_write_json, atomic_write_text
 
 SHORT = {"max_pool_3x3": "max3", "avg_pool_3x3": "avg3", "skip_connect": "skip", "sep_conv_3x3": "sep3",
          "sep_conv_5x5": "sep5", "dil_conv_3x3": "dil3", "dil_conv_5x5": "dil5"}
+VOLATILE = ("wall_s", "ran", "engine", "prefect_flow_run_id", "mlflow_parent_run_id", "host", "pid", "dir",
+            "search_time_s", "retrain_time_s", "trial_wall_s", "cached", "wall_s_per_eval")
 
 
 def cell_text(genotype: dict[str, Any] | None, cell: str) -> str:
@@ -31,178 +36,191 @@ def cell_text(genotype: dict[str, Any] | None, cell: str) -> str:
     return " ".join(f"{SHORT.get(op, op)}<{i}" for op, i in genotype[cell])
 
 
-def _fmt(v: Any, spec: str = ".4f") -> str:
+def _f(v: Any, spec: str = ".4f") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     return format(v, spec)
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
+def fingerprint(summary: dict[str, Any]) -> str:
+    """Hash of what the study found (cells, accuracies, statistics), blind to timings and run ids."""
+    def strip(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in VOLATILE and k != "provenance"}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+    return hashlib.sha256(json.dumps(strip(summary), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def arm_values(results: list[dict[str, Any]], arm: str) -> list[float]:
-    return [r["test_top1"] for res in results if res["arm"] == arm and res["status"] == "ok"
-            for r in res["retrains"]]
+def _curves(trials: list[Trial], results: list[dict[str, Any]]) -> dict[str, list[dict[str, list[float]]]]:
+    by_key = {t.key: t for t in trials}
+    curves: dict[str, list[dict[str, list[float]]]] = {}
+    for r in results:
+        hist = r.get("search_history") or []
+        if r["status"] != "ok" or not hist or figures.ANYTIME_METRIC not in hist[-1]:
+            continue
+        per_epoch = by_key[r["key"]].search_images / max(1, len(hist)) if r["key"] in by_key else 0
+        curves.setdefault(r["arm"], []).append({
+            "images": [per_epoch * row["epoch"] for row in hist],
+            "wall_s": list(np.cumsum([row.get("epoch_time_s", 0.0) for row in hist])),
+            "metric": [row[figures.ANYTIME_METRIC] for row in hist]})
+    return curves
 
 
-def summarize_study(arms: list[str], baseline: str, results: list[dict[str, Any]]
-                    ) -> tuple[dict[str, ArmSummary], dict[str, Comparison], dict[str, dict[str, float]]]:
-    """Per-arm summaries, comparisons with the baseline, and per-arm cost means (params, MACs, search)."""
-    summaries, comparisons, costs = {}, {}, {}
-    base_values = arm_values(results, baseline)
-    for arm in arms:
-        ok = [r for r in results if r["arm"] == arm and r["status"] == "ok"]
-        failed = sum(1 for r in results if r["arm"] == arm and r["status"] != "ok")
-        values = arm_values(results, arm)
-        summaries[arm] = summarize(arm, values, cells=len(ok), failed=failed)
-        if arm != baseline:
-            comparisons[arm] = compare(arm, values, baseline, base_values)
-        runs = [run for r in ok for run in r["retrains"]]
-        losses = summarize(arm, [run["test_loss"] for run in runs])
-        costs[arm] = {"test_loss_mean": losses.mean, "test_loss_std": losses.std,
-                      "params": _mean([run["params"] for run in runs]), "macs": _mean([run["macs"] for run in runs]),
-                      "search_time_s": _mean([r.get("search_time_s", 0.0) for r in ok]),
-                      "search_images": _mean([r.get("search_images", 0) for r in ok]),
-                      "retrain_time_s": _mean([run["retrain_time_s"] for run in runs]),
-                      "trial_wall_s": _mean([r.get("wall_s", 0.0) for r in ok])}
-    return summaries, comparisons, costs
-
-
-def summary_table(arms: list[str], kinds: dict[str, str], baseline: str, summaries: dict[str, ArmSummary],
-                  comparisons: dict[str, Comparison], costs: dict[str, dict[str, float]]) -> str:
-    lines = [f"| arm | kind | cells ok / failed | pairs | test top-1 mean +- std | 95 % CI | test loss | params "
-             f"| MACs | search s | search images | vs {baseline}: diff | p |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for arm in arms:
-        s, c, cmp = summaries[arm], costs[arm], comparisons.get(arm)
-        lines.append(
-            f"| {arm} | {kinds[arm]} | {s.cells} / {s.failed} | {s.n} | {_fmt(s.mean)} +- {_fmt(s.std)} "
-            f"| [{_fmt(s.ci95_low)}, {_fmt(s.ci95_high)}] | {_fmt(c['test_loss_mean'], '.3f')} +- "
-            f"{_fmt(c['test_loss_std'], '.3f')} | {_fmt(c['params'], ',.0f')} | {_fmt(c['macs'], ',.0f')} "
-            f"| {_fmt(c['search_time_s'], '.1f')} | {_fmt(c['search_images'], ',.0f')} "
-            f"| {_fmt(cmp.diff, '+.4f') if cmp else '(baseline)'} | {_fmt(cmp.p_value, '.3g') if cmp else ''} |")
-    return "\n".join(lines)
-
-
-def _figures(out: Path, arms: list[str], results: list[dict[str, Any]]) -> dict[str, str]:
-    """Strip + box plot of test accuracy per arm, op composition per trial, and each trial's cell pictures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ilnas.utils.io import atomic_write
-
+def _figures(out: Path, spec: dict[str, Any], trials: list[Trial], results: list[dict[str, Any]],
+             reference: list[float] | None) -> dict[str, bytes]:
     figs = out / "figures"
-    figs.mkdir(parents=True, exist_ok=True)
-    made: dict[str, str] = {}
-    data = [arm_values(results, a) for a in arms]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(arms), 3.6))
-    ax.boxplot([d if d else [math.nan] for d in data], widths=0.5, showfliers=False)
-    for i, (arm, values) in enumerate(zip(arms, data), start=1):
-        seeds = [res["search_seed"] for res in results if res["arm"] == arm and res["status"] == "ok"
-                 for _ in res["retrains"]]
-        jitter = [(k % 5 - 2) * 0.04 for k in range(len(values))]
-        if values:
-            ax.scatter([i + j for j in jitter], values, c=seeds, cmap="viridis", s=22, zorder=3)
-    ax.set_xticks(range(1, len(arms) + 1), arms, rotation=20)
-    ax.set_ylabel("retrained test top-1")
-    ax.set_title("test accuracy per arm (points: search x retrain seeds)")
-    atomic_write(figs / "test_top1.png", lambda p: fig.savefig(p, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(fig)
-    made["test_top1"] = "figures/test_top1.png"
-
-    ok = [r for r in results if r["status"] == "ok" and r.get("genotype")]
-    if ok:
-        ops = list(SHORT)
-        fig, axes = plt.subplots(1, 2, figsize=(2 + 0.5 * len(ok), 3.6), sharey=True)
-        for ax, cell in zip(axes, ("normal", "reduce")):
-            bottom = [0] * len(ok)
-            for op in ops:
-                counts = [Counter(o for o, _ in r["genotype"][cell])[op] for r in ok]
-                ax.bar(range(len(ok)), counts, bottom=bottom, label=SHORT[op])
-                bottom = [b + c for b, c in zip(bottom, counts)]
-            ax.set_xticks(range(len(ok)), [f"{r['arm']}/s{r['search_seed']}" for r in ok], rotation=70, fontsize=7)
-            ax.set_title(f"{cell} cell: ops per trial")
-        axes[0].set_ylabel("edges")
-        axes[1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-        atomic_write(figs / "cell_ops.png", lambda p: fig.savefig(p, format="png", dpi=120, bbox_inches="tight"))
-        plt.close(fig)
-        made["cell_ops"] = "figures/cell_ops.png"
-        try:
-            from ilnas.space.genotype import Genotype
-            from ilnas.viz import plot_genotype
-
-            for r in ok:
-                plot_genotype(Genotype.from_dict(r["genotype"]), figs / "cells" / f"{r['arm']}_s{r['search_seed']}")
-            made["cells"] = "figures/cells/"
-        except Exception as exc:  # noqa: BLE001 - cell pictures are extras; the table has the cells
-            made["cells_error"] = f"{type(exc).__name__}: {exc}"
-    return made
-
-
-def write_report(out_dir: str | os.PathLike, spec: dict[str, Any], trials: list[Trial], results: list[dict[str, Any]],
-                 provenance: dict[str, Any]) -> tuple[Path, str, dict[str, Any]]:
-    """Write ``report.md``, ``summary.json``, ``spec.yaml`` and figures; returns (report path, markdown, summary)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     arms = [a["name"] for a in spec["arms"]]
-    kinds = {a["name"]: a.get("kind", "search") for a in spec["arms"]}
-    baseline = spec["baseline"]
+    made: dict[str, bytes | None] = {
+        "accuracy": figures.accuracy_figure(figs / "test_top1.png", arms,
+                                            {a: analysis.nested_values(results, a) for a in arms}, reference),
+        "anytime": figures.anytime_figure(figs / "anytime.png", _curves(trials, results))}
+    ok = [r for r in results if r["status"] == "ok" and r.get("genotype")]
+    made["ops"] = figures.ops_figure(figs / "cell_ops.png", {a: [r["genotype"] for r in ok if r["arm"] == a]
+                                                              for a in arms if any(r["arm"] == a for r in ok)})
+    for arm in arms:  # the arm's median cell (by its mean test top-1), as a picture
+        mine = sorted((r for r in ok if r["arm"] == arm),
+                      key=lambda r: np.mean([x["test_top1"] for x in r["retrains"]]))
+        if mine:
+            med = mine[len(mine) // 2]
+            made[f"cell:{arm}"] = figures.cell_figure(figs / "cells" / f"{arm}_s{med['search_seed']}_normal.png",
+                                                      med["genotype"], f"study {spec['name']}, {arm}, search seed "
+                                                      f"{med['search_seed']} (median cell)")
+    return {k: v for k, v in made.items() if v}
+
+
+def _results_table(spec: dict[str, Any], arms: dict[str, dict[str, Any]], comps: list[dict[str, Any]]) -> list[str]:
+    others = list(dict.fromkeys(c["other"] for c in comps))
+    head = ["arm", "kind", "cells ok/failed", "test top-1 mean [95 % CI]", "percentile among random cells [95 % CI]"]
+    head += [f"vs {o}: diff [95 % CI], g, Holm p" for o in others]
+    head += ["search images", "arch steps", "search s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, a in arms.items():
+        row = [name, a["kind"], f"{a['cells']}/{a['failed']}",
+               f"{_f(a['mean'])} [{_f(a['ci95_low'])}, {_f(a['ci95_high'])}]",
+               f"{_f(a.get('percentile'), '.0f')} [{_f(a.get('percentile_ci95_low'), '.0f')}, "
+               f"{_f(a.get('percentile_ci95_high'), '.0f')}]" if "percentile" in a else "n/a"]
+        for o in others:
+            c = next((c for c in comps if c["arm"] == name and c["other"] == o), None)
+            row.append(f"{c['diff']:+.4f} [{_f(c['diff_ci95_low'], '+.4f')}, {_f(c['diff_ci95_high'], '+.4f')}], "
+                       f"{_f(c['hedges_g'], '.2f')}, {_f(c['p_holm'], '.3g')}" if c else "")
+        row += [_f(a["search_images"], ",.0f"), _f(a["arch_steps"], ".0f"), _f(a["search_time_s"], ".0f")]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _design(spec: dict[str, Any], summary: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
+    p, ref = summary["power"], summary.get("reference")
+    runs = [run for r in results if r["status"] == "ok" for run in r["retrains"]]
+    test_n = runs[0].get("test_images") if runs else None
+    val_n = runs[0].get("val_images") if runs else None
+    lines = ["## Design and power", "",
+             f"- {len(spec['search_seeds'])} search seeds per arm (one cell each), {len(spec['retrain_seeds'])} "
+             f"retraining(s) per cell (seed of pair (s, r) = 1000 s + r, the same pairs for every arm).",
+             f"- Test split: {test_n} images, read once for this report (one image = "
+             f"{_f(1 / test_n if test_n else None, '.4f')} top-1). Validation split: {val_n} images of the training "
+             "pool (what every selection reads).",
+             f"- Statistics: {TEST_NAME}; intervals by a two-level bootstrap (search seeds, then retrain seeds), "
+             "clipped to [0, 1]; Hedges' g on cell means.",
+             f"- Smallest detectable difference: **{_f(p['detectable_difference'])}** test top-1 (80 % power, "
+             f"alpha 0.05 / {len(summary['comparisons'])} comparisons), from the `{spec['baseline']}` arm's "
+             f"between-cell SD {_f(p['baseline_between_sd'])} and within-cell SD {_f(p['baseline_within_sd'])} "
+             f"(ICC {_f(p['baseline_icc'], '.2f')}).",
+             f"- Budget: {spec.get('search_images') or 'per arm'} training images per search; architecture steps "
+             "per arm in the table (equal by construction: the spec is refused otherwise)."]
+    if ref:
+        lines.append(f"- Reference distribution: {ref['cells']} random cells shaped like derived cells (two inputs "
+                     f"from distinct predecessors, no `none`), one evaluation each (seed 0) by the study's protocol: "
+                     f"test top-1 median {_f(ref['test']['p50'])} (5-95 %: {_f(ref['test']['p5'])}-"
+                     f"{_f(ref['test']['p95'])}); {_f(ref['wall_s_per_eval'], '.1f')} s per evaluation.")
+    per_eval = (ref or {}).get("wall_s_per_eval", 0.0)
+    for arm in spec["arms"]:
+        if arm.get("kind") == "random_search":
+            lines.append(f"- `{arm['name']}`: random search (Li & Talwalkar) over {arm['candidates']} reference cells "
+                         f"per seed, the best by validation top-1 kept and retrained like every other cell; its "
+                         f"proxy compute is {arm['candidates']} evaluations (~{_f(per_eval * arm['candidates'], '.0f')}"
+                         " s) against the searches' times in the table.")
+    return lines + [""]
+
+
+def _protocol(spec: dict[str, Any], calibration: dict[str, Any] | None) -> list[str]:
+    retrain = spec.get("base", {}).get("retrain", {})
+    lines = ["## Evaluation protocol and how it was chosen", "",
+             "Every cell (searched, random, reference) is retrained from scratch by the same protocol, read at the "
+             "last epoch (no per-epoch selection): `" + json.dumps(retrain, sort_keys=True) + "`.", ""]
+    if calibration:
+        c = calibration["candidates"].get(calibration.get("chosen") or "", {})
+        lines += [f"Chosen on validation by the calibration `{calibration['name']}` ({calibration['rule']}): "
+                  f"{calibration['verdict']}. Kendall tau {_f(c.get('kendall_tau'), '.2f')} against the target "
+                  f"over {calibration['cells']} random cells; ICC {_f(c.get('icc'), '.2f')}.", ""]
+    else:
+        lines += ["No calibration report names this protocol (`calibration:` in the spec): its choice is not "
+                  "documented here.", ""]
+    return lines
+
+
+def _trials_table(results: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Every trial", "", "| arm | seed | status | test top-1 per retrain seed | val top-1 | normal cell "
+             "| reduce cell | key |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        accs = ", ".join(_f(x["test_top1"]) for x in r.get("retrains", []))
+        vals = ", ".join(_f(x.get("val_top1")) for x in r.get("retrains", []))
+        lines.append(f"| {r['arm']} | {r['search_seed']} | {r['status']} | {accs} | {vals} "
+                     f"| {cell_text(r.get('genotype'), 'normal')} | {cell_text(r.get('genotype'), 'reduce')} "
+                     f"| `{r['key']}` |")
+    failures = [r for r in results if r["status"] != "ok"]
+    lines += [""] + [f"- failed: `{r['arm']}` seed {r['search_seed']}: {r.get('error', '')}" for r in failures]
+    return lines + ["", "Ops: " + ", ".join(f"{v} = {k}" for k, v in SHORT.items()) + "; `op<j`: input state j.", ""]
+
+
+def build_summary(spec: dict[str, Any], family: list[tuple[str, str]], results: list[dict[str, Any]],
+                  reference: list[dict[str, Any]] | None, provenance: dict[str, Any]) -> dict[str, Any]:
+    ref_test = [r["test_top1"] for r in reference] if reference else None
+    arms = {a["name"]: analysis.arm_row(a, results, ref_test) for a in spec["arms"]}
+    comps = analysis.comparisons(spec, family, results)
+    power = analysis.detectable(spec, results, len(comps))
+    summary = {"study": spec["name"], "arms": arms, "comparisons": comps, "power": power,
+               "verdict": analysis.verdict(arms, comps, power),
+               "reference": reference_summary(reference) if reference else None,
+               "trials": [{k: v for k, v in r.items() if k not in ("search_history", "traceback")} for r in results],
+               "provenance": provenance}
+    return json.loads(json.dumps(summary, default=str))
+
+
+def write_report(out_dir: str | os.PathLike, spec: dict[str, Any], family: list[tuple[str, str]],
+                 trials: list[Trial], results: list[dict[str, Any]], provenance: dict[str, Any],
+                 reference: list[dict[str, Any]] | None = None, calibration: dict[str, Any] | None = None
+                 ) -> tuple[Path, str, dict[str, Any], bool]:
+    """Write the report unless its results are unchanged; returns (path, markdown, summary, changed)."""
+    out = Path(out_dir)
     by_key = {r["key"]: r for r in results}
     ordered = [by_key.get(t.key, {"key": t.key, "arm": t.arm, "search_seed": t.search_seed, "status": "missing",
                                   "error": "no result (the study was interrupted?)"}) for t in trials]
-    summaries, comparisons, costs = summarize_study(arms, baseline, ordered)
-    figures = _figures(out, arms, ordered)
-    atomic_write_text(out / "spec.yaml", yaml.safe_dump(spec, sort_keys=False))
-
-    n_ran = sum(1 for r in ordered if r.get("ran"))
-    lines = [f"# Study `{spec['name']}`", ""]
-    if spec.get("description"):
-        lines += [spec["description"].strip(), ""]
-    lines += [
-        f"- commit `{provenance.get('git_commit')}`, code version `{provenance.get('code_version')}`, "
-        f"spec `{provenance.get('spec_path')}` (hash `{provenance.get('spec_hash')}`)"
-        + (f", overrides `{' '.join(provenance['overrides'])}`" if provenance.get("overrides") else ""),
-        f"- {len(trials)} trials ({len(arms)} arms x {len(spec['search_seeds'])} search seeds), "
-        f"{len(spec['retrain_seeds'])} retraining(s) each; this run executed {n_ran}, reused {len(ordered) - n_ran} "
-        f"finished; engine: {provenance.get('engine', 'n/a')}; wall {_fmt(provenance.get('wall_s'), '.0f')} s",
-        f"- search budget: {spec.get('search_images') or 'per arm'} training images per search trial; retrain "
-        f"seed of pair (s, r) = 1000 s + r, the same pairs for every arm",
-        "", "## Summary", "",
-        f"Retrained test top-1 (held-out test split) over all (search seed, retrain seed) pairs; test: {TEST_NAME} "
-        f"of each arm against `{baseline}`.", "",
-        summary_table(arms, kinds, baseline, summaries, comparisons, costs), "",
-    ]
-    if "test_top1" in figures:
-        lines += [f"![test top-1 per arm]({figures['test_top1']})", ""]
-    lines += ["## Trials and their cells", "",
-              "| arm | search seed | status | test top-1 per retrain seed | search s | images | normal cell "
-              "| reduce cell | key |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in ordered:
-        accs = ", ".join(_fmt(x["test_top1"]) for x in r.get("retrains", []))
-        status = r["status"] + ("" if r["status"] != "ok" else (" (ran)" if r.get("ran") else " (cached)"))
-        lines.append(f"| {r['arm']} | {r['search_seed']} | {status} | {accs} | {_fmt(r.get('search_time_s'), '.1f')} "
-                     f"| {r.get('search_images', '')} | {cell_text(r.get('genotype'), 'normal')} "
-                     f"| {cell_text(r.get('genotype'), 'reduce')} | `{r['key']}` |")
-    lines += ["", "Ops: " + ", ".join(f"{v} = {k}" for k, v in SHORT.items()) + "; `op<j`: input state j "
-              "(0, 1: the cell inputs; 2+: earlier nodes).", ""]
-    if "cell_ops" in figures:
-        lines += [f"![ops per trial]({figures['cell_ops']})", "",
-                  "Cell pictures: `figures/cells/<arm>_s<seed>/`.", ""]
-    failures = [r for r in ordered if r["status"] != "ok"]
-    if failures:
-        lines += ["## Failed trials", ""]
-        lines += [f"- `{r['arm']}` seed {r['search_seed']} ({r['status']}): {r.get('error', '')}" for r in failures]
-        lines.append("")
-    lines += ["## Spec", "", "```yaml", yaml.safe_dump(spec, sort_keys=False).rstrip(), "```", ""]
+    summary = build_summary(spec, family, ordered, reference, provenance)
+    summary["fingerprint"] = fingerprint(summary)
+    path = out / "report.md"
+    try:
+        old = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        old = {}
+    if old.get("fingerprint") == summary["fingerprint"] and path.exists():
+        return path, path.read_text(), old, False
+    out.mkdir(parents=True, exist_ok=True)
+    figs = _figures(out, spec, trials, ordered, [r["test_top1"] for r in reference] if reference else None)
+    lines = [f"# Study `{spec['name']}`", "", (spec.get("description") or "").strip(), "", "## Answer", "",
+             summary["verdict"], "", "## Results (retrained test top-1)", "",
+             *_results_table(spec, summary["arms"], summary["comparisons"]), "",
+             *_design(spec, summary, ordered), *_protocol(spec, calibration), "## Figures", ""]
+    for name, png in figs.items():
+        lines += [f"![{name}]({figures.data_uri(png)})", ""]
+    lines += [*_trials_table(ordered), "## Provenance", "",
+              f"commit `{provenance.get('git_commit')}`, code version `{provenance.get('code_version')}`, spec "
+              f"`{provenance.get('spec_path')}` (hash `{provenance.get('spec_hash')}`), overrides "
+              f"`{' '.join(provenance.get('overrides') or []) or 'none'}`; engine: {provenance.get('engine')}.", "",
+              "```yaml", yaml.safe_dump(spec, sort_keys=False).rstrip(), "```", ""]
     markdown = "\n".join(lines)
-    summary = {"study": spec["name"], "provenance": provenance,
-               "arms": {a: {**summaries[a].to_dict(), **costs[a],
-                            **({"vs_baseline": comparisons[a].to_dict()} if a in comparisons else {})} for a in arms},
-               "trials": [{k: v for k, v in r.items() if k not in ("search_history", "traceback")} for r in ordered],
-               "figures": figures}
-    atomic_write_json(out / "summary.json", json.loads(json.dumps(summary, default=str)))
-    path = atomic_write_text(out / "report.md", markdown)
-    return path, markdown, summary
+    atomic_write_text(out / "spec.yaml", yaml.safe_dump(spec, sort_keys=False))
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(path, markdown)
+    return path, markdown, summary, True

@@ -13,18 +13,21 @@ import numpy as np
 from ilnas.space.genotype import DERIVED_PRIMITIVES, EDGES_PER_NODE, Edge, Genotype
 from ilnas.space.ops import PRIMITIVES
 
-# a fixed salt so the random arm's stream differs from every other use of the search seed
+# fixed salts so the random arm's stream differs from every other use of the search seed, and the reference
+# distribution's cells (indices 0..N-1) from the random arm's
 SALT = 0x5EED
+REFERENCE_SALT = 0x4EF0
 
 
-def sample_genotype(seed: int, nodes: int = 4, primitives: tuple[str, ...] = DERIVED_PRIMITIVES) -> Genotype:
-    """A uniformly random normal and reduction cell; the same ``seed`` always gives the same cell."""
+def sample_genotype(seed: int, nodes: int = 4, primitives: tuple[str, ...] = DERIVED_PRIMITIVES,
+                    salt: int = SALT) -> Genotype:
+    """A uniformly random normal and reduction cell; the same ``seed`` (and ``salt``) always gives the same cell."""
     unknown = [p for p in primitives if p not in PRIMITIVES or p == "none"]
     if unknown or not primitives:
         raise ValueError(f"primitives: {unknown or 'empty'} not allowed; allowed: {list(DERIVED_PRIMITIVES)}")
     if nodes < 1:
         raise ValueError(f"nodes: got {nodes}; allowed: >= 1")
-    rng = np.random.default_rng([SALT, int(seed)])
+    rng = np.random.default_rng([salt, int(seed)])
 
     def cell() -> tuple[Edge, ...]:
         edges: list[Edge] = []
@@ -36,3 +39,8 @@ def sample_genotype(seed: int, nodes: int = 4, primitives: tuple[str, ...] = DER
     concat = tuple(range(2, 2 + nodes))
     normal = cell()
     return Genotype(normal=normal, normal_concat=concat, reduce=cell(), reduce_concat=concat)
+
+
+def reference_genotype(index: int, nodes: int = 4, primitives: tuple[str, ...] = DERIVED_PRIMITIVES) -> Genotype:
+    """Cell ``index`` of the reference distribution of random cells (the same sampler, its own stream)."""
+    return sample_genotype(index, nodes, primitives, salt=REFERENCE_SALT)

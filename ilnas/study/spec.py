@@ -8,8 +8,15 @@ retrain recipe and seeds, and every search arm sees the same number of training 
 value is reported with its dotted key (``arms.il_k2: search.hypergrad: ...``) before anything computes.
 
 Arm kinds: ``search`` (any search configuration: IL with K tasks, DARTS = K = 1, LFM), ``random`` (a cell
-sampled uniformly from the same space, one per search seed) and ``genotype`` (a fixed cell: a named one
-such as ``DARTS_V2`` or an inline genotype mapping, e.g. the calibration cells of the default study).
+sampled uniformly from the same space, one per search seed), ``random_search`` (Li & Talwalkar: sample
+``candidates`` cells of the reference distribution, rank them by the proxy on validation, keep the best) and
+``genotype`` (a fixed cell: a named one such as ``DARTS_V2`` or an inline genotype mapping).
+
+Budgets: ``search_images`` fixes the training images every search sees; every search arm must then also
+make the same number of architecture steps (``(epochs - warmup_epochs) x iterations``), or the spec is
+refused naming each arm's images per step. ``reference`` sizes the distribution of random cells every
+searched cell is placed in; the study's evaluation protocol (``base.retrain``) must hold out a validation
+split (``val_fraction > 0``) that selections read, so the test split is only read for the report.
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ilnas.params import (
@@ -48,7 +54,10 @@ class ArmSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=NAME_PATTERN, description="short id, used in tags, file names and metric names")
-    kind: Literal["search", "random", "genotype"] = "search"
+    kind: Literal["search", "random", "random_search", "genotype"] = "search"
+    candidates: int | None = Field(
+        default=None, ge=1, description="kind random_search: reference cells sampled per search seed; the one with "
+        "the best validation accuracy is kept (equal compute: see the report's proxy cost)")
     genotype: str | dict[str, Any] | None = Field(
         default=None, description=f"kind genotype: a named genotype {list(NAMED_GENOTYPES)} or a genotype mapping")
     params: dict[str, Any] = Field(default_factory=dict, description="params.yaml-shaped edits over the base")
@@ -62,7 +71,17 @@ class ArmSpec(BaseModel):
             resolve_genotype(self.genotype)
         elif self.genotype is not None:
             raise ValueError(f"arm {self.name!r}: 'genotype' is only for kind genotype (got kind {self.kind!r})")
+        if (self.kind == "random_search") != (self.candidates is not None):
+            raise ValueError(f"arm {self.name!r}: 'candidates' is required for kind random_search and only for it")
         return self
+
+
+class ReferenceSpec(BaseModel):
+    """The reference distribution: ``cells`` random cells, each evaluated once by the study's protocol."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cells: int = Field(default=50, ge=5, description="random cells (reference indices 0..cells-1), one seed each")
 
 
 class StudySpec(BaseModel):
@@ -79,6 +98,13 @@ class StudySpec(BaseModel):
         default=None, ge=1, description="training images every search trial sees (iterations are derived from it); "
         "null: each arm keeps its own epochs x iterations_per_epoch")
     baseline: str = Field(default="random", description="the arm every other arm is tested against")
+    contrasts: list[tuple[str, str]] = Field(
+        default_factory=list, description="extra direct comparisons [arm, other] (e.g. [il_k2, darts_k1]); with "
+        "every arm against the baseline they form the Holm family")
+    reference: ReferenceSpec | None = Field(default=None, description="null: no reference distribution")
+    calibration: str | None = Field(
+        default=None, description="the calibration report (calibration.json) that chose the protocol; the report "
+        "quotes it when its chosen protocol is base.retrain")
     trial_resources: dict[str, float] = Field(
         default_factory=dict, description="Dask resources one trial holds, e.g. {GPU: 1}")
     base: dict[str, Any] = Field(default_factory=dict, description="params.yaml-shaped settings of every trial")
@@ -100,7 +126,18 @@ class StudySpec(BaseModel):
             raise ValueError(f"arms: names must be unique, got {names}")
         if self.baseline not in names:
             raise ValueError(f"baseline: {self.baseline!r} is not an arm; allowed: {names}")
+        for pair in self.contrasts:
+            bad = [a for a in pair if a not in names]
+            if bad or pair[0] == pair[1]:
+                raise ValueError(f"contrasts: {list(pair)} must name two different arms; allowed: {names}")
+        if self.reference is None and any(a.kind == "random_search" for a in self.arms):
+            raise ValueError("reference: kind random_search samples the reference distribution; set reference")
         return self
+
+    def family(self) -> list[tuple[str, str]]:
+        """The comparisons of the study: every arm against the baseline, then the explicit contrasts."""
+        pairs = [(a.name, self.baseline) for a in self.arms if a.name != self.baseline]
+        return pairs + [tuple(p) for p in self.contrasts if tuple(p) not in pairs]  # type: ignore[misc]
 
 
 def resolve_genotype(value: str | dict[str, Any]):
@@ -177,24 +214,49 @@ def validate_spec(data: Any, source: str = "study", overrides: Sequence[str] = (
         spec = StudySpec.model_validate(data)
     except ValidationError as exc:
         raise StudySpecError(f"{source}: invalid study spec:\n  " + "\n  ".join(_error_lines(exc, StudySpec))) from None
-    problems = []
+    problems, steps = [], {}
     for arm in spec.arms:
         try:
-            arm_params(spec, arm, overrides)
+            _, params = arm_params(spec, arm, overrides)
         except StudySpecError as exc:
             problems.append(str(exc))
+            continue
+        if arm.kind == "search":
+            steps[arm.name] = (architecture_steps(params), images_per_iteration(params))
+        if arm is spec.arms[0]:
+            problems += _protocol_problems(spec, params)
+    if spec.search_images is not None and len({s for s, _ in steps.values()}) > 1:
+        problems.append("search_images: the search arms would make different numbers of architecture steps ("
+                        + ", ".join(f"{n}: {s} steps of {i} images" for n, (s, i) in steps.items())
+                        + "); equal budgets need equal images per step: set each arm's search.batch_size so that "
+                        "tasks x batch_size x rounds x inner_steps is the same")
     if problems:
         raise StudySpecError(f"{source}: invalid study spec:\n  " + "\n  ".join(problems))
     return spec
 
 
+def architecture_steps(params: PipelineParams) -> int:
+    """Architecture steps a search makes: one per iteration after the weight warm-up epochs."""
+    s = params.search
+    return max(0, s.epochs - s.warmup_epochs) * (s.iterations_per_epoch or 0)
+
+
+def _protocol_problems(spec: StudySpec, params: PipelineParams) -> list[str]:
+    """The evaluation protocol must be readable on validation when anything selects on it; recipe named."""
+    from ilnas.train.config import warn_implicit_recipe
+
+    warn_implicit_recipe("base.retrain", params.retrain, source="study")
+    needs_val = spec.reference is not None or any(a.kind == "random_search" for a in spec.arms)
+    if needs_val and params.retrain.val_fraction <= 0:
+        return [f"base.retrain.val_fraction: {params.retrain.val_fraction}; the reference distribution and "
+                "random search select on a validation split (allowed: 0 < val_fraction < 1)"]
+    return []
+
+
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
     """Read and validate a study YAML file (with ``-S`` overrides applied to every trial's params)."""
+    from ilnas.utils.io import read_yaml_bounded
+
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise StudySpecError(f"{path}: study spec not found") from None
-    except yaml.YAMLError as exc:
-        raise StudySpecError(f"{path}: not valid YAML ({exc})") from None
+    data = read_yaml_bounded(path, "study spec", StudySpecError)
     return validate_spec(data, str(path), overrides)

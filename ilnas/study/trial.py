@@ -45,14 +45,9 @@ def finished_result(trials_dir: str | os.PathLike, trial: Trial) -> dict[str, An
 
 
 def _final_search_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean validation loss/accuracy over the search tasks at the last epoch (whatever the runner names its sums)."""
+    """The search's last-epoch headline, comparable across K (loss / ln C and accuracy above chance, task means)."""
     last = history[-1] if history else {}
-    out = {}
-    for what in ("loss", "acc"):
-        values = [float(v) for k, v in last.items() if k.startswith(f"val_{what}/")]
-        if values:
-            out[f"search_val_{what}_mean"] = sum(values) / len(values)
-    return out
+    return {f"search_{k}": float(last[k]) for k in ("val_loss_norm_mean", "val_acc_above_chance_mean") if k in last}
 
 
 def _obtain_cell(trial: Trial, out: Path) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
@@ -76,26 +71,42 @@ def _obtain_cell(trial: Trial, out: Path) -> tuple[Any, dict[str, Any], list[dic
     return genotype, info, result.history
 
 
-def _retrain(trial: Trial, genotype: Any, out: Path) -> list[dict[str, Any]]:
+def _retrain(trial: Trial, genotype: Any, out: Path, proxy_cache: Path) -> list[dict[str, Any]]:
+    """The cell's retrainings, one per retrain seed: the study's protocol, shared with the reference cache."""
     from ilnas.params import PipelineParams
-    from ilnas.train import retrain
 
     base = PipelineParams.model_validate(trial.params).retrain
     runs = []
     for seed in trial.retrain_seeds:
+        if base.val_fraction > 0:  # read on validation too: the proxy evaluation (cached by protocol and cell)
+            from ilnas.study.proxy import evaluate_cell
+
+            protocol = {k: v for k, v in trial.params["retrain"].items() if k != "seed"}
+            r = evaluate_cell(genotype, protocol, seed, proxy_cache, threads=None)
+            runs.append({"retrain_seed": seed, "test_top1": r["test_top1"], "test_loss": r["test_loss"],
+                         "val_top1": r["val_top1"], "val_loss": r["val_loss"], "params": r["params"],
+                         "macs": r["macs"], "epochs": base.epochs, "retrain_time_s": r["wall_s"],
+                         "test_images": r["test_images"], "val_images": r["val_images"]})
+            continue
+        from ilnas.train import retrain
+
         started = time.perf_counter()
         res = retrain(base.model_copy(update={"seed": seed}), genotype, out / f"retrain_seed{seed}", resume=True)
         m = res.metrics
         if not (math.isfinite(float(m.get("loss", math.nan))) and math.isfinite(float(m.get("top1", math.nan)))):
             raise TrialDiverged(f"retrain seed {seed}: non-finite test loss {m.get('loss')} (top1 {m.get('top1')})")
         runs.append({"retrain_seed": seed, "test_top1": float(m["top1"]), "test_loss": float(m["loss"]),
-                     "best_val_top1": m.get("best_top1"), "params": int(m["params"]), "macs": int(m["macs"]),
-                     "epochs": int(m["epochs"]), "retrain_time_s": time.perf_counter() - started})
+                     "params": int(m["params"]), "macs": int(m["macs"]), "epochs": int(m["epochs"]),
+                     "retrain_time_s": time.perf_counter() - started, "test_images": int(m["test_images"])})
     return runs
 
 
-def run_trial(trial: Trial | dict[str, Any], trials_dir: str | os.PathLike, threads: int | None = 1) -> dict[str, Any]:
-    """Run (or resume) one trial; returns its result, ``status`` ``ok`` or ``failed`` (never raises for a trial)."""
+def run_trial(trial: Trial | dict[str, Any], trials_dir: str | os.PathLike, threads: int | None = 1,
+              proxy_cache: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Run (or resume) one trial; returns its result, ``status`` ``ok`` or ``failed`` (never raises for a trial).
+
+    ``proxy_cache``: where protocol evaluations are cached (default ``<trials_dir>/../proxy``).
+    """
     trial = Trial.from_dict(trial) if isinstance(trial, dict) else trial
     out = trial_dir(trials_dir, trial)
     cached = finished_result(trials_dir, trial)
@@ -110,13 +121,14 @@ def run_trial(trial: Trial | dict[str, Any], trials_dir: str | os.PathLike, thre
     (out / FAILED).unlink(missing_ok=True)
     head = {"key": trial.key, "study": trial.study, "arm": trial.arm, "kind": trial.kind,
             "strategy": trial.strategy, "search_seed": trial.search_seed, "dir": str(out), "ran": True,
+            "arch_steps": trial.arch_steps, "selection": trial.selection,
             "host": os.uname().nodename, "pid": os.getpid()}
     started = time.perf_counter()
     history: list[dict[str, Any]] = []
     try:
         genotype, info, history = _obtain_cell(trial, out)
         genotype.to_json(out / "genotype.json")
-        runs = _retrain(trial, genotype, out)
+        runs = _retrain(trial, genotype, out, Path(proxy_cache or Path(trials_dir).parent / "proxy"))
     except Exception as exc:  # noqa: BLE001 - one failed trial must not stop the study
         failed = {**head, "status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000],
                   "traceback": traceback.format_exc()[-4000:], "wall_s": time.perf_counter() - started}

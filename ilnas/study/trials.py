@@ -17,12 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from ilnas.params import PipelineParams
+from ilnas.study.reference import random_search_pick
 from ilnas.study.sampling import sample_genotype
-from ilnas.study.spec import RETRAIN_SEED_STRIDE, StudySpec, arm_params, images_per_iteration, resolve_genotype
+from ilnas.study.spec import (
+    RETRAIN_SEED_STRIDE,
+    StudySpec,
+    architecture_steps,
+    arm_params,
+    images_per_iteration,
+    resolve_genotype,
+)
 
 # modules that only summarize or display: editing them must not invalidate finished trials
 NOT_IN_CODE_VERSION = ("study/report.py", "study/stats.py", "study/tracking.py", "study/spec.py", "viz.py",
-                       "tracking.py", "cli.py")
+                       "tracking.py", "cli.py", "study/calibration.py", "study/figures.py", "study/reference.py")
 PACKAGE = Path(__file__).resolve().parents[1]
 
 
@@ -55,6 +63,8 @@ class Trial:
     params: dict[str, Any]  # validated PipelineParams, dumped (search, retrain, ...)
     genotype: dict[str, Any] | None  # random / genotype arms: the cell; search arms: None (derived)
     search_images: int  # training images the search draws (0 without search)
+    arch_steps: int = 0  # architecture steps the search makes (0 without search)
+    selection: dict[str, Any] | None = None  # random_search: the reference cells drawn and the one kept
     key: str = ""
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -74,8 +84,13 @@ class Trial:
         return cls(**data)
 
 
-def expand_trials(spec: StudySpec, overrides: Sequence[str] = ()) -> list[Trial]:
-    """Every (arm, search seed) trial, with its validated params and key (arm order, then seed order)."""
+def expand_trials(spec: StudySpec, overrides: Sequence[str] = (),
+                  reference: list[dict[str, Any]] | None = None) -> list[Trial]:
+    """Every (arm, search seed) trial, with its validated params and key (arm order, then seed order).
+
+    ``reference``: the evaluated reference cells (``index``, ``genotype``, ``val_top1``...), needed by
+    ``random_search`` arms; without it those arms are left out (the flow evaluates the reference first).
+    """
     trials = []
     for arm in spec.arms:
         data, _ = arm_params(spec, arm, overrides)
@@ -84,19 +99,26 @@ def expand_trials(spec: StudySpec, overrides: Sequence[str] = ()) -> list[Trial]
             edits: dict[str, Any] = {"search": {"seed": seed}}
             trial_data = {**data, "search": {**data.get("search", {}), **edits["search"]}}
             params = PipelineParams.model_validate(trial_data).model_dump(mode="json")
-            genotype = None
+            genotype, selection = None, None
             if arm.kind == "random":
                 genotype = sample_genotype(seed, params["search"]["nodes"]).to_dict()
             elif arm.kind == "genotype":
                 genotype = resolve_genotype(arm.genotype).to_dict()  # type: ignore[arg-type]
-            images = 0
+            elif arm.kind == "random_search":
+                if reference is None:
+                    continue
+                pick = random_search_pick(reference, arm.candidates or 1, seed)
+                genotype = pick["genotype"]
+                selection = {"candidates": pick["candidates"], "kept": pick["index"], "kept_val_top1": pick["val_top1"]}
+            images = steps = 0
             if arm.kind == "search":
                 p = PipelineParams.model_validate(params)
                 images = images_per_iteration(p) * p.search.epochs * (p.search.iterations_per_epoch or 0)
+                steps = architecture_steps(p)
             retrain = {k: v for k, v in params["retrain"].items() if k != "seed"}
             config = {"kind": arm.kind, "retrain": retrain, "retrain_seeds": seeds,
                       **({"search": params["search"]} if arm.kind == "search" else {"genotype": genotype})}
             trials.append(Trial(study=spec.name, arm=arm.name, kind=arm.kind, search_seed=seed, retrain_seeds=seeds,
-                                params=params, genotype=genotype, search_images=images, key=trial_key(config),
-                                config=config))
+                                params=params, genotype=genotype, search_images=images, arch_steps=steps,
+                                selection=selection, key=trial_key(config), config=config))
     return trials
