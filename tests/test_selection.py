@@ -162,3 +162,24 @@ def test_perturbation_refuses_other_epochs_and_caps():
         DeriveConfig(selection="perturbation", select="best_val")
     with pytest.raises(ValueError, match=r"derive.max_skip_connect: 2 with derive.selection: perturbation"):
         DeriveConfig(selection="perturbation", max_skip_connect=2)
+
+
+def test_selection_from_a_search_checkpoint(tmp_path):
+    """The search's own checkpoint holds the supernet DARTS-PT needs; a damaged one is refused by name."""
+    from ilnas.search import CheckpointError, SearchRun
+    from ilnas.search.selection import select_from_checkpoint
+
+    tasks = [small(build_task(TASK, seed=0, val_fraction=0.5), 32)]
+    cfg = SearchConfig(**{**MICRO, "eval_bn_images": 16, "batch_size": 16, "epochs": 1, "deterministic": True})
+    result = SearchRun(cfg, tmp_path, tasks=tasks).run(progress=False)
+    seen: list[SearchConfig] = []
+    selection, epoch = select_from_checkpoint(result.checkpoint, lambda c: seen.append(c) or tasks,
+                                              PerturbationSettings(tune_epochs=1))
+    assert epoch == 1 and seen == [cfg] and selection.tune_steps == 1  # 2 op decisions, one interval
+    assert len(selection.genotype.normal) == 2 and {d["kind"] for d in selection.decisions} == {"op"}
+    damaged = tmp_path / "damaged.pt"
+    data = bytearray(result.checkpoint.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="damaged.pt"):
+        select_from_checkpoint(damaged, lambda c: tasks, PerturbationSettings(tune_epochs=1))
