@@ -17,6 +17,7 @@ from typing import Any
 from ilnas.errors import guarded, strip_debug_flag
 
 MLFLOW_PORT = 5000
+SEARCH_RUNS = "tags.stage = 'search'"
 PREFECT_PORT = 4200
 
 
@@ -40,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
 
 def where_to_look(result: dict[str, Any]) -> str:
     """Links to what the run produced: the Prefect flow run, the MLflow parent run, DVC's views."""
-    from ilnas.tracking import tracking_uri
+    from ilnas.tracking import tracking_uri, ui_url
 
     project = Path(result["project"])
     uri = result.get("tracking_uri") or tracking_uri(project)
@@ -52,11 +53,16 @@ def where_to_look(result: dict[str, Any]) -> str:
                      f"PREFECT_HOME={project / '.prefect'} {venv / 'prefect'} server start)")
     parent = result.get("parent_run_id")
     mlflow_ui = f"{venv / 'mlflow'} ui --backend-store-uri {uri} --port {MLFLOW_PORT}"
-    if parent:
-        exp_id = result.get("mlflow_experiment_id") or ""
-        link = (f"http://127.0.0.1:{MLFLOW_PORT}/#/experiments/{exp_id}/runs/{parent}" if exp_id
-                else f"run {parent}")
-        lines.append(f"  MLflow run:   {link}   (after {mlflow_ui})")
+    exp_id = result.get("mlflow_experiment_id") or ""
+    if parent and exp_id:  # ?workflowType=machine_learning: MLflow 3.17 opens on runs, not on GenAI traces
+        base = f"http://127.0.0.1:{MLFLOW_PORT}"
+        lines.append(f"  MLflow UI:    {mlflow_ui}")
+        lines.append(f"  this run:     {ui_url(base, exp_id, parent)}")
+        lines.append(f"  IL vs DARTS:  {ui_url(base, exp_id, parent, artifact='figures/comparison.png')}   "
+                     f"(or: {venv / 'ilnas'} compare)")
+        lines.append(f"  search runs:  {ui_url(base, exp_id, search_filter=SEARCH_RUNS)}")
+    elif parent:
+        lines.append(f"  MLflow run:   {parent}   (after {mlflow_ui})")
     else:
         lines.append(f"  MLflow UI:    {mlflow_ui}")
     if result.get("experiment"):

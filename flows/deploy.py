@@ -1,6 +1,7 @@
 """A scheduled deployment of the pipeline flow (cron), served by this process.
 
-Schedules need a long-running Prefect server (the ephemeral one cannot schedule):
+Schedules need a long-running Prefect server (the ephemeral one cannot schedule), so without PREFECT_API_URL
+(environment or Prefect profile) this command refuses with exit code 2 before anything starts:
 
     PREFECT_HOME=$PWD/.prefect .venv/bin/prefect server start --host 127.0.0.1 --port 4200   # terminal 1
     export PREFECT_API_URL=http://127.0.0.1:4200/api                                          # terminal 2
@@ -19,7 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flows.pipeline import pipeline
+from ilnas.tracking import telemetry_off
+
+telemetry_off()  # before prefect, mlflow or dvc is imported: they read these settings once
 
 PROJECT = Path(__file__).resolve().parents[1]
 DEFAULT_NAME = "nightly"
@@ -35,10 +38,26 @@ def build_deployment(name: str = DEFAULT_NAME, cron: str = DEFAULT_CRON, timezon
     """The RunnerDeployment: the pipeline flow over this checkout on a cron schedule."""
     from prefect.client.schemas.schedules import CronSchedule
 
+    from flows.pipeline import pipeline
+
     params = {"project_dir": str(PROJECT), **(parameters or {})}
     schedule = CronSchedule(cron=cron, timezone=timezone) if timezone else CronSchedule(cron=cron)
     return pipeline.to_deployment(name=name, schedule=schedule, parameters=params, tags=["ilnas"],
                                   description="ilnas pipeline: DVC stages in dvc.yaml order, tracked in MLflow")
+
+
+NO_SERVER = ("no persistent Prefect server is configured (PREFECT_API_URL is not set): a deployment registered "
+             "now would go into a temporary server that stops with this command, and its schedule would never "
+             "run. Start one and point at it, then run this again:\n"
+             "  PREFECT_HOME=$PWD/.prefect .venv/bin/prefect server start --host 127.0.0.1 --port 4200\n"
+             "  export PREFECT_API_URL=http://127.0.0.1:4200/api")
+
+
+def configured_api_url() -> str | None:
+    """PREFECT_API_URL from the environment or the active Prefect profile (reading settings starts nothing)."""
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url or None
 
 
 def register(name: str = DEFAULT_NAME, cron: str = DEFAULT_CRON, timezone: str | None = None,
@@ -54,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timezone", default=None, help="IANA timezone of the cron (default: UTC)")
     parser.add_argument("--register-only", action="store_true", help="register the schedule and exit (no serving)")
     args = parser.parse_args(argv)
+    if configured_api_url() is None:  # refused before any server, flow run or deployment exists
+        print(f"python -m flows.deploy: error: {NO_SERVER}", file=sys.stderr)
+        return 2
     if args.register_only:
         deployment_id = register(args.name, args.cron, args.timezone)
         print(f"deployment ilnas-pipeline/{args.name} ({deployment_id}) registered with cron {args.cron!r}.\n"

@@ -45,3 +45,17 @@ def markdown_table(rows: Sequence[dict[str, Any]], header: str) -> str:
         lines.append(f"| {r['stage']} | {r['status']} | {r.get('attempts', '')} | {r.get('duration_s', '')} "
                      f"| {r.get('metric', '')} |")
     return "\n".join(lines) + "\n"
+
+
+def log_search_comparison(uri: str, parent_run_id: str, experiment: str) -> str:
+    """The latest search run of each method / K / hypergradient / seed / DVC experiment side by side, logged on
+    the pipeline's parent run (``figures/comparison.png``, ``comparison.md``, ``comparison.json``): IL against
+    DARTS is then one click on the newest pipeline run. Returns the markdown table."""
+    import tempfile
+
+    from ilnas.compare import compare, log_comparison
+
+    with tempfile.TemporaryDirectory(prefix="ilnas-compare-") as tmp:
+        result = compare(uri, experiment, figure=Path(tmp) / "comparison.png")
+        log_comparison(uri, parent_run_id, result)
+    return result.text

@@ -1,4 +1,4 @@
-"""The ``ilnas`` command line: ``ilnas search``, ``ilnas retrain``, ``ilnas transfer``.
+"""The ``ilnas`` command line: ``ilnas search``, ``ilnas retrain``, ``ilnas transfer``, ``ilnas compare``.
 
 Imports point one way: this module registers the plain functions of the ``commands`` modules, which
 know nothing of it. Every invocation ends through :func:`ilnas.errors.guarded`: a known error (bad
@@ -15,6 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from ilnas.cli_options import DEBUG, VERSION
+from ilnas.compare_command import compare_command
 from ilnas.errors import debug_enabled, exit_code_of, format_error
 from ilnas.search.commands import search_command
 from ilnas.train.commands import retrain_command, transfer_command
@@ -46,6 +47,7 @@ def _main(version: bool = VERSION, debug: bool = DEBUG) -> None:
 app.command("search")(search_command)
 app.command("retrain")(retrain_command)
 app.command("transfer")(transfer_command)
+app.command("compare")(compare_command)
 
 
 def main(argv: Sequence[str] | None = None) -> Any:

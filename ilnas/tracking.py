@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,18 +160,49 @@ def _artifact_location(uri: str) -> str | None:
     return None
 
 
+# A model-training experiment. MLflow 3 UIs before 3.1x open an experiment on the view its kind tag names; 3.17
+# ignores the tag and follows the page's workflowType (URL parameter, else the browser's last choice, first
+# visit: GenAI), so the links this project prints carry ?workflowType=machine_learning as well.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+UI_QUERY = "workflowType=machine_learning"
+
+
+def ui_url(base: str, experiment_id: str, run_id: str | None = None, artifact: str | None = None,
+           search_filter: str | None = None, order_by: str = "metrics.`val_acc_mean`", charts: bool = False) -> str:
+    """A link into the MLflow UI at ``base`` that opens on runs, not on the GenAI overview: a run, one of its
+    artifacts (``figures/comparison.png``), or the experiment's runs matching ``search_filter``.
+
+    With a filter the runs are sorted by ``order_by`` (a metric): the UI nests child runs under their parents
+    only when sorted by start time, so the matching stage runs show as one flat list instead of collapsed
+    ``pipeline`` parents; ``charts`` opens the chart view of those runs."""
+    from urllib.parse import quote
+
+    url = f"{base.rstrip('/')}/#/experiments/{experiment_id}"
+    if run_id:
+        return url + f"/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "") + "?" + UI_QUERY
+    query = UI_QUERY
+    if search_filter:
+        query += f"&searchFilter={quote(search_filter)}&orderByKey={quote(order_by)}&orderByAsc=false"
+    if charts:
+        query += "&compareRunsMode=CHART"
+    return f"{url}/runs?{query}"
+
+
 def get_or_create_experiment(uri: str, name: str) -> str:
-    """Experiment id for ``name`` in the store at ``uri`` (created with an absolute artifact root)."""
+    """Experiment id for ``name`` in the store at ``uri`` (created with an absolute artifact root), tagged as a
+    model-training experiment, also when it already existed."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by an older ilnas or by hand
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     try:
-        # a model-training experiment: the MLflow UI then opens on runs and charts (not GenAI traces)
         return client.create_experiment(name, artifact_location=_artifact_location(uri),
-                                        tags={"mlflow.experimentKind": "custom_model_development"})
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # created concurrently by another process
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -343,20 +374,34 @@ class StageTracker:
     def log_dict(self, data: Any, artifact_file: str) -> None:
         self._safe(f"log {artifact_file}", lambda: self._mlflow.log_dict(data, artifact_file))
 
-    def log_model(self, model: Any, name: str = "model") -> None:
-        """``mlflow.pytorch.log_model`` (pickle format, explicit requirements: no slow inference)."""
+    def log_model(self, model: Any, name: str = "model", files: Sequence[str | Path] = ()) -> None:
+        """The weights as a state dict (tensors only: ``torch.load(weights_only=True)`` reads it, no pickled
+        code, no MLflow pickle warning) with the files that rebuild the network (``genotype.json``,
+        ``config.json``), as an MLflow LoggedModel of this run (``runs:/<run id>/<name>`` lists its files)."""
+        self._safe(f"log model {name}", lambda: log_state_dict_model(self.run_id, model, name, files))
 
-        def _log() -> None:
-            import mlflow.pytorch
-            import timm
-            import torch
 
-            mlflow.pytorch.log_model(
-                model, name=name, serialization_format="pickle",
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"],
-            )
+def log_state_dict_model(run_id: str, model: Any, name: str, files: Sequence[str | Path] = ()) -> str:
+    """Save ``model``'s state dict and ``files`` into a LoggedModel of ``run_id`` (the current tracking URI);
+    returns its model id."""
+    import shutil
+    import tempfile
 
-        self._safe(f"log model {name}", _log)
+    import mlflow.pytorch
+
+    client = mlflow.tracking.MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    with tempfile.TemporaryDirectory(prefix="ilnas-model-") as tmp:
+        mlflow.pytorch.save_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        for f in files:
+            if Path(f).is_file():
+                shutil.copy2(f, Path(tmp) / Path(f).name)
+        logged = mlflow.initialize_logged_model(name=name, source_run_id=run_id, model_type="pytorch-state-dict",
+                                                tags={"format": "state_dict.pth (torch.save of tensors)"},
+                                                experiment_id=experiment_id)
+        client.log_model_artifacts(logged.model_id, tmp)
+        mlflow.finalize_logged_model(logged.model_id, "READY")  # runs:/<run>/<name> resolves to it too
+    return logged.model_id
 
 
 # -- the flow's parent run ---------------------------------------------------------------------------------------

@@ -91,3 +91,106 @@ def test_run_names_tags_and_experiment_kind(tmp_path: Path, mlflow_uri: str, mon
     assert run.info.run_name == name and run.data.tags["method"] == "DARTS" and "git_commit" not in run.data.tags
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def _search_run(uri: str, parent_name: str, identity: tuple[str, int, str], per_task: dict[str, float],
+                acc: list[float]) -> tuple[str, str]:
+    """A pipeline parent with one nested search child, as the flow and stages/search.py log them."""
+    import os
+
+    from ilnas.tracking import run_identity
+
+    method, k, exp = identity
+    parent = start_parent_run(uri, "ilnas", parent_name, tags={"stage": "pipeline"})
+    os.environ[ENV_PARENT_RUN_ID] = parent
+    try:
+        name, tags = run_identity("search", method, k, "first_order", 0, experiment=exp)
+        with StageTracker("search", project_dir=Path(uri.removeprefix("sqlite:///")).parent, tags=tags,
+                          run_name=name) as trk:
+            for epoch, value in enumerate(acc, start=1):
+                trk.log_metrics({"val_acc_mean": value, "val_loss_mean": 1 - value,
+                                 **{f"val_acc/{t}": v * value for t, v in per_task.items()}}, step=epoch)
+    finally:
+        del os.environ[ENV_PARENT_RUN_ID]
+    return parent, trk.run_id
+
+
+def test_existing_experiment_is_retagged_and_links_open_on_runs(mlflow_uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from ilnas.tracking import get_or_create_experiment, ui_url
+
+    client = MlflowClient(mlflow_uri)
+    made_by_hand = client.create_experiment("ilnas")  # no kind tag: MLflow 3 UIs treat it as a GenAI experiment
+    assert get_or_create_experiment(mlflow_uri, "ilnas") == made_by_hand
+    assert client.get_experiment(made_by_hand).tags["mlflow.experimentKind"] == "custom_model_development"
+    base = "http://127.0.0.1:5000"
+    assert ui_url(base, "3") == f"{base}/#/experiments/3/runs?workflowType=machine_learning"
+    assert ui_url(base, "3", "abc", artifact="figures/comparison.png") == \
+        f"{base}/#/experiments/3/runs/abc/artifacts/figures/comparison.png?workflowType=machine_learning"
+    # a filter sorts by a metric: only then does the UI list matching child runs flat, not under their parents
+    assert ui_url(base, "3", search_filter="tags.stage = 'search'") == (
+        f"{base}/#/experiments/3/runs?workflowType=machine_learning&searchFilter=tags.stage%20%3D%20%27search%27"
+        "&orderByKey=metrics.%60val_acc_mean%60&orderByAsc=false")
+
+
+def test_model_is_a_state_dict_logged_model_without_pickle(tmp_path: Path, mlflow_uri: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    import mlflow
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv(ENV_PARENT_RUN_ID, raising=False)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    (tmp_path / "genotype.json").write_text('{"normal": []}')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with StageTracker("retrain", project_dir=tmp_path) as trk:
+            trk.log_model(net, name="model", files=[tmp_path / "genotype.json", tmp_path / "absent.json"])
+    assert trk.failures == []
+    assert not [w for w in caught if "pickle" in str(w.message).lower()], [str(w.message) for w in caught]
+    client = MlflowClient(mlflow_uri)
+    assert sorted(a.path for a in client.list_artifacts(trk.run_id, "model")) == \
+        ["model/genotype.json", "model/state_dict.pth"]
+    mlflow.set_tracking_uri(mlflow_uri)
+    models = mlflow.search_logged_models(experiment_ids=[client.get_run(trk.run_id).info.experiment_id],
+                                         output_format="list")
+    assert [(m.source_run_id, m.name, str(m.status)) for m in models] == [(trk.run_id, "model", "READY")]
+    local = client.download_artifacts(trk.run_id, "model/state_dict.pth", str(tmp_path))
+    state = torch.load(local, weights_only=True)  # tensors only: no code is unpickled
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+
+
+def test_compare_il_and_darts_side_by_side(tmp_path: Path, mlflow_uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+    from typer.testing import CliRunner
+
+    from ilnas.cli import app
+    from ilnas.compare import compare, log_comparison
+
+    _search_run(mlflow_uri, "pipeline IL old", ("IL", 2, None), {"a": 0.9, "b": 1.1}, [0.1, 0.2])
+    il_parent, il = _search_run(mlflow_uri, "pipeline IL", ("IL", 2, None), {"a": 0.9, "b": 1.1},
+                                [0.5, 0.7, 0.874826149])
+    _, darts = _search_run(mlflow_uri, "pipeline DARTS", ("DARTS", 1, "darts"), {"digits": 1.0}, [0.4, 0.6, 0.81])
+    result = compare(mlflow_uri, figure=tmp_path / "comparison.png")
+    # the newest run of each label; only the metrics both have (K-independent), no per-task names, no empty cells
+    assert [(r.label, r.run_id) for r in result.rows] == [("DARTS K=1 first_order seed 0 [darts]", darts),
+                                                          ("IL K=2 first_order seed 0", il)]
+    assert result.metrics == ["val_acc_mean", "val_loss_mean"]
+    assert "| IL K=2 first_order seed 0 | 0.8748 | 0.1252 |" in result.text  # 4 significant digits
+    assert result.rows[1].history["val_acc_mean"] == [(1, 0.5), (2, 0.7), (3, 0.874826149)]  # step = epoch
+    assert result.figure is not None and result.figure.stat().st_size > 5000
+
+    log_comparison(mlflow_uri, il_parent, result)
+    client = MlflowClient(mlflow_uri)
+    paths = [a.path for a in client.list_artifacts(il_parent)]
+    assert {"comparison.md", "comparison.json", "figures"} <= set(paths)
+    assert [a.path for a in client.list_artifacts(il_parent, "figures")] == ["figures/comparison.png"]
+
+    out = CliRunner().invoke(app, ["compare", "--tracking-uri", mlflow_uri, "-m", "val_acc/a", il, darts])
+    assert out.exit_code == 0, out.output
+    assert "| IL K=2 first_order seed 0 | 0.7873 |" in out.output and "| - |" in out.output  # asked for: shown
+    missing = CliRunner().invoke(app, ["compare", "--tracking-uri", mlflow_uri, "-e", "nope"])
+    assert missing.exit_code == 2 and "no MLflow experiment 'nope'" in missing.output
