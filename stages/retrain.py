@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             figure("curves", v.plot_curves, result.history, keys, RETRAIN_OUT / "curves.png",
                    title=figure_title("retrain", params))
             if (RETRAIN_OUT / "curves.png").exists():
-                trk.log_artifact(RETRAIN_OUT / "curves.png")
+                trk.log_artifact(RETRAIN_OUT / "curves.png", "figures")  # the artifacts pane lists folders first
         for name in ("metrics.json", "history.csv", "config.json", "genotype.json"):
             if (RETRAIN_OUT / name).exists():
                 trk.log_artifact(RETRAIN_OUT / name)
@@ -75,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if params.tracking.log_checkpoints:
             trk.log_artifact(result.checkpoint, "checkpoint")
         if params.tracking.log_model and result.model is not None:
-            trk.log_model(getattr(result.model, "module", result.model), name="model")
+            trk.log_model(getattr(result.model, "module", result.model), name="model",
+                          files=[RETRAIN_OUT / "genotype.json", RETRAIN_OUT / "config.json"])
     log.info("retrain done: top1 %.4f (%s)", result.metrics.get("top1", float("nan")), RETRAIN_OUT)
 
 
