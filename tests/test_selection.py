@@ -183,3 +183,19 @@ def test_selection_from_a_search_checkpoint(tmp_path):
     damaged.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="damaged.pt"):
         select_from_checkpoint(damaged, lambda c: tasks, PerturbationSettings(tune_epochs=1))
+
+
+def test_derive_stage_records_the_prior(tmp_path, monkeypatch):
+    """stages.derive with derive.max_skip_connect: metrics/derive.json says the cap changed the cell, and how."""
+    import json
+
+    import stages.derive
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("tracking: {enabled: false}\nderive: {max_skip_connect: 2}\n")
+    atomic_torch_save(tmp_path / "models/search/alphas.pt", alphas_payload(skip_heavy_arch(), []))
+    stages.derive.main(["--params", "params.yaml"])
+    metrics = json.loads((tmp_path / "metrics/derive.json").read_text())
+    assert metrics["selection"] == "magnitude" and metrics["prior_applied"] is True
+    assert metrics["prior_replaced"] == ["normal: skip_connect<-0 (node 2)", "normal: skip_connect<-0 (node 3)"]
+    assert metrics["skip_edges/normal"] == 2
