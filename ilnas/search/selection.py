@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,12 +195,13 @@ def perturbation_select(model: Supernet, arch: Architecture, tasks: Sequence[Tas
     return PerturbationSelector(model, arch, tasks, config, settings, device).run()
 
 
-def load_supernet(path: str | os.PathLike, tasks: Sequence[TaskData],
-                  device: str | None = None) -> tuple[Supernet, Architecture, SearchConfig]:
-    """The trained supernet, its last alphas and its search config from a search checkpoint (CRC-verified)."""
-    state = load_checkpoint(path, required=("config", "model", "arch"))
+def select_from_checkpoint(path: str | os.PathLike, load_tasks: Callable[[SearchConfig], list[TaskData]],
+                           settings: PerturbationSettings) -> tuple[Selection, int]:
+    """DARTS-PT on the supernet of a search checkpoint (CRC-verified): the selection and the epoch (1-based)
+    whose weights and alphas it started from. ``load_tasks`` gives the search's tasks for its config."""
+    state = load_checkpoint(path, required=("config", "model", "arch", "epoch"))
     config = SearchConfig(**state["config"])
-    dev = resolve_device(device or config.device)
+    tasks = load_tasks(config)
     seed_everything(config.seed, config.deterministic)
     model = Supernet([t.num_classes for t in tasks], tasks[0].in_channels, config.channels, config.cells,
                      config.nodes, config.node_multiplier, config.stem_multiplier, config.partial_channels)
@@ -211,4 +212,6 @@ def load_supernet(path: str | os.PathLike, tasks: Sequence[TaskData],
         arch.load_state_dict(state["arch"])
     except (RuntimeError, KeyError) as exc:
         raise CheckpointError(f"{path}: the supernet does not match the search tasks ({exc})") from exc
-    return model.to(dev), arch.to(dev), config
+    device = resolve_device(config.device)
+    selection = perturbation_select(model.to(device), arch.to(device), tasks, config, settings, device)
+    return selection, int(state["epoch"]) + 1
