@@ -19,6 +19,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("flows", "stages", "ilnas")  # top to bottom
+# the library's foundation, bottom up: each package imports only the ones of a lower rank (or itself), so
+# none of them can reach the search, training, params or command code built on top of them
+FOUNDATION = {"ilnas.errors": 0, "ilnas.utils": 1, "ilnas.space": 2, "ilnas.data": 2, "ilnas.hypergrad": 2,
+              "ilnas.nets": 3, "ilnas.viz": 3}
 
 
 def project_modules(repo: Path = REPO) -> dict[str, Path]:
@@ -93,6 +97,24 @@ def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
                   if rank[b.split(".")[0]] < rank[a.split(".")[0]])
 
 
+def foundation_violations(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Imports from a foundation package to anything but a lower-ranked foundation package (``ilnas`` itself,
+    the package's ``__init__`` with the version, is allowed)."""
+    def package(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    bad = []
+    for a, outs in graph.items():
+        pa = package(a)
+        if pa not in FOUNDATION:
+            continue
+        for b in outs:
+            pb = package(b)
+            if pb != pa and b != "ilnas" and FOUNDATION.get(pb, 99) >= FOUNDATION[pa]:
+                bad.append((a, b))
+    return sorted(bad)
+
+
 def test_helpers_find_a_loop_and_an_upward_import(tmp_path: Path) -> None:
     for rel, text in {"ilnas/__init__.py": "", "ilnas/a.py": "from ilnas import b\n",
                       "ilnas/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import x\n",
@@ -105,6 +127,10 @@ def test_helpers_find_a_loop_and_an_upward_import(tmp_path: Path) -> None:
     assert find_cycle(graph) == ["ilnas.a", "ilnas.b", "ilnas.a"]
     assert upward_imports(graph) == [("ilnas.c", "stages.s")]
     assert find_cycle({"x": {"y"}, "y": set()}) is None
+    loopy = {"ilnas.utils.checks": {"ilnas.nets", "ilnas.errors"}, "ilnas.nets.n": {"ilnas.space.o"},
+             "ilnas.space.o": {"ilnas.space.g", "ilnas.search.config"}}
+    assert foundation_violations(loopy) == [("ilnas.space.o", "ilnas.search.config"),
+                                            ("ilnas.utils.checks", "ilnas.nets")]
 
 
 def test_no_import_loops_between_files() -> None:
@@ -114,6 +140,10 @@ def test_no_import_loops_between_files() -> None:
 
 def test_imports_point_down_the_layers() -> None:
     assert upward_imports(import_graph()) == [], "flows -> stages -> ilnas: these import a layer above them"
+
+
+def test_the_foundation_imports_only_below_itself() -> None:
+    assert foundation_violations(import_graph()) == [], f"ranks, bottom up: {FOUNDATION}"
 
 
 PROBE = r"""

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ilnas.train.distributed import DistContext, setup_distributed
+from ilnas.utils.distributed import DistContext, setup_distributed
 
 _SYNC = {"on": True}
 

@@ -15,7 +15,7 @@ import ilnas
 
 # the ilnas packages a search runs (keep in step with the search stage's deps in dvc.yaml)
 SEARCH_PACKAGES = ("search", "space", "strategies", "hypergrad", "data", "utils")
-SEARCH_FILES = ("__init__.py", "train/distributed.py")  # the process-group setup the search shares with retrain
+SEARCH_FILES = ("__init__.py",)
 
 
 @functools.lru_cache(maxsize=1)
