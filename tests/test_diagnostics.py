@@ -27,6 +27,8 @@ def test_uniform_alphas_have_entropy_ln8_per_edge():
         arch.alphas_reduce.fill_(3.0)  # any constant row is uniform after the softmax
     for alphas in (arch.alphas_normal, arch.alphas_reduce):
         assert edge_entropy(alphas) == pytest.approx(torch.full((14,), math.log(len(PRIMITIVES))), abs=1e-6)
+    # Fair DARTS' independent sigmoids, equal: uniform once normalised
+    assert edge_entropy(torch.full((3, 8), -2.0), "sigmoid") == pytest.approx(torch.full((3,), math.log(8)))
     row = alpha_diagnostics(arch, arch.raw_snapshot(), arch.derive())
     assert row["alpha_entropy/normal"] == pytest.approx(math.log(8))
     assert row["alpha_displacement_l2/normal"] == 0 and row["alpha_displacement_max/reduce"] == 0

@@ -1,6 +1,6 @@
 """Per-epoch signs of DARTS' collapse coming, before the derived cell shows it.
 
-* alpha entropy per edge (softmax over the ops): ln(#ops) at a uniform start, falling as an edge decides;
+* alpha entropy per edge (of its op weights, normalised): ln(#ops) at a uniform start, falling as an edge decides;
 * alpha displacement from the search's initial alphas (L2 and max abs): how far the architecture moved;
 * the share of parameter-free edges in the currently derived normal cell (DARTS' collapse itself);
 * the dominant eigenvalue of the validation loss' Hessian with respect to the alphas (RobustDARTS, Zela et
@@ -26,9 +26,17 @@ from ilnas.space.genotype import Genotype, collapse_counts
 CELLS = ("normal", "reduce")
 
 
-def edge_entropy(alphas: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of each edge's softmax over its ops: one value per row of ``alphas``."""
-    logp = torch.log_softmax(alphas.detach().float(), dim=-1)
+def edge_entropy(alphas: torch.Tensor, activation: str = "softmax") -> torch.Tensor:
+    """Entropy (nats) of each edge's op weights, normalised to sum 1: one value per row of ``alphas``.
+
+    Softmax (DARTS): the weights themselves; sigmoid (Fair DARTS): the independent sigmoids rescaled to sum 1.
+    """
+    alphas = alphas.detach().float()
+    if activation == "softmax":
+        logp = torch.log_softmax(alphas, dim=-1)
+    else:
+        w = torch.sigmoid(alphas)
+        logp = torch.log(w / w.sum(-1, keepdim=True))
     return -(logp.exp() * logp).sum(-1)
 
 
@@ -38,7 +46,7 @@ def alpha_diagnostics(arch: Architecture, alpha0: dict[str, torch.Tensor], genot
     for cell in CELLS:
         alphas = getattr(arch, f"alphas_{cell}").detach().float().cpu()
         delta = alphas - alpha0[f"alphas_{cell}"].float().cpu()
-        row[f"alpha_entropy/{cell}"] = float(edge_entropy(alphas).mean())
+        row[f"alpha_entropy/{cell}"] = float(edge_entropy(alphas, arch.activation).mean())
         row[f"alpha_displacement_l2/{cell}"] = float(delta.norm())
         row[f"alpha_displacement_max/{cell}"] = float(delta.abs().max())
     counts = collapse_counts(genotype)
@@ -49,7 +57,8 @@ def alpha_diagnostics(arch: Architecture, alpha0: dict[str, torch.Tensor], genot
 
 def edge_entropies(arch: Architecture) -> dict[str, list[float]]:
     """Per-edge entropies for the alpha history (``entropy_normal``, ``entropy_reduce``)."""
-    return {f"entropy_{cell}": edge_entropy(getattr(arch, f"alphas_{cell}")).cpu().tolist() for cell in CELLS}
+    return {f"entropy_{cell}": edge_entropy(getattr(arch, f"alphas_{cell}"), arch.activation).cpu().tolist()
+            for cell in CELLS}
 
 
 def dominant_eigenvalue(hvp: Callable[[torch.Tensor], torch.Tensor], dim: int, iterations: int = 20,

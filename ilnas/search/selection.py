@@ -37,9 +37,9 @@ from ilnas.data.tasks import TaskData
 from ilnas.search.checkpoint import CheckpointError, load_checkpoint
 from ilnas.search.config import SearchConfig
 from ilnas.search.evaluation import evaluate_weights
+from ilnas.search.remedies import build_architecture, build_supernet
 from ilnas.space.architecture import Architecture, num_edges
 from ilnas.space.genotype import EDGES_PER_NODE, Genotype
-from ilnas.space.ops import PRIMITIVES
 from ilnas.space.supernet import Supernet
 from ilnas.utils.device import resolve_device, seed_everything
 
@@ -69,7 +69,7 @@ class Projection:
     def __init__(self, arch: Architecture):
         with torch.no_grad():
             self.soft = {k: v.detach().clone() for k, v in arch().items()}
-        self.nodes, self.multiplier = arch.nodes, arch.multiplier
+        self.nodes, self.multiplier, self.primitives = arch.nodes, arch.multiplier, tuple(arch.primitives)
         self.starts = [sum(2 + i for i in range(n)) for n in range(self.nodes)]
         self.op: dict[str, dict[int, int]] = {c: {} for c in CELLS}  # edge -> chosen op index
         self.inputs: dict[str, dict[int, list[int]]] = {c: {} for c in CELLS}  # node -> kept input indices
@@ -96,9 +96,10 @@ class Projection:
 
     def genotype(self) -> Genotype:
         concat = tuple(range(2 + self.nodes - self.multiplier, 2 + self.nodes))
-        cells = {c: tuple((PRIMITIVES[self.op[c][self.starts[n] + j]], j) for n in range(self.nodes)
+        cells = {c: tuple((self.primitives[self.op[c][self.starts[n] + j]], j) for n in range(self.nodes)
                           for j in sorted(self.inputs[c].get(n, [0, 1]))) for c in CELLS}
-        return Genotype(normal=cells["normal"], normal_concat=concat, reduce=cells["reduce"], reduce_concat=concat)
+        return Genotype(normal=cells["normal"], normal_concat=concat, reduce=cells["reduce"], reduce_concat=concat,
+                        primitives=self.primitives)
 
 
 class PerturbationSelector:
@@ -137,10 +138,11 @@ class PerturbationSelector:
     def decide_op(self, cell: str) -> dict[str, Any]:
         """projection.py:15-59: the op whose removal from a random undecided edge hurts most."""
         edge = self._pick([e for e in range(self.n_edges) if e not in self.proj.op[cell]])
-        scores = {PRIMITIVES[o]: self.score(self.proj.weights(cell, edge, o))
-                  for o in range(len(PRIMITIVES)) if PRIMITIVES[o] != "none"}
+        names = self.proj.primitives
+        scores = {names[o]: self.score(self.proj.weights(cell, edge, o)) for o in range(len(names))
+                  if names[o] != "none"}
         best = min(scores, key=lambda name: scores[name])  # worst score without it: it mattered most
-        self.proj.op[cell][edge] = PRIMITIVES.index(best)
+        self.proj.op[cell][edge] = names.index(best)
         log.info("DARTS-PT %s edge %d: %s (scores without each op: %s)", cell, edge, best,
                  {k: round(v, 4) for k, v in scores.items()})
         return {"kind": "op", "cell": cell, "edge": edge, "op": best, "score_without": scores}
@@ -203,10 +205,8 @@ def select_from_checkpoint(path: str | os.PathLike, load_tasks: Callable[[Search
     config = SearchConfig(**state["config"])
     tasks = load_tasks(config)
     seed_everything(config.seed, config.deterministic)
-    model = Supernet([t.num_classes for t in tasks], tasks[0].in_channels, config.channels, config.cells,
-                     config.nodes, config.node_multiplier, config.stem_multiplier, config.partial_channels)
-    arch = Architecture(config.nodes, edge_normalization=config.partial_channels > 1,
-                        multiplier=config.node_multiplier)
+    model = build_supernet(config, [t.num_classes for t in tasks], tasks[0].in_channels)
+    arch = build_architecture(config)  # DARTS-' auxiliary skip is left out: its schedule ends at weight 0
     try:
         model.load_state_dict(state["model"])
         arch.load_state_dict(state["arch"])
