@@ -117,6 +117,15 @@ def _task_states(flow_run_id: str) -> dict[str, str]:
     return {r.name: r.state.name for r in runs}
 
 
+def _flow_run_label(flow_run_id: str) -> tuple[str, list[str]]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+    order = ["ilnas", "method", "K", "hypergrad", "seed", "exp"]
+    return run.name, sorted(run.tags, key=lambda t: order.index(t.split(":")[0]))
+
+
 def _flow_run_logs(flow_run_id: str) -> str:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
@@ -149,6 +158,12 @@ def test_variant_is_a_dvc_experiment_and_states_say_what_dvc_did(tmp_path: Path,
 
     variant = pipeline(project_dir=str(project), overrides=["seed=3"], retries=0, track=False)
     assert variant["experiment"] == "seed-3"
+    # the Prefect run list says what ran (not a random name): method, K, hypergradient, seed, experiment
+    assert _flow_run_label(first["flow_run_id"]) == (
+        "IL K=2 first_order seed 0", ["ilnas", "method:IL", "K:2", "hypergrad:first_order", "seed:0", "exp:workspace"])
+    assert _flow_run_label(variant["flow_run_id"]) == (
+        "IL K=2 first_order seed 3 [seed-3]",
+        ["ilnas", "method:IL", "K:2", "hypergrad:first_order", "seed:3", "exp:seed-3"])
     assert [r["status"] for r in variant["stages"]] == ["ran", "ran"]
     assert "seed-3" in _exp_names(project)  # dvc exp show lists it
     # the workspace is as the user left it: params.yaml byte for byte, dvc.lock and the outs it records
@@ -243,3 +258,44 @@ def test_deploy_register_only_says_what_must_keep_running() -> None:
 
     text = NEEDS_SERVE.format(name="nightly")
     assert "python -m flows.deploy --name nightly" in text and "Not Ready" in text
+
+
+def test_deploy_refuses_without_a_persistent_server(tmp_path: Path) -> None:
+    """No PREFECT_API_URL: exit 2 naming it and how to start a server, before any (temporary) server starts."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / "prefect-home"))
+    out = subprocess.run([sys.executable, "-m", "flows.deploy", "--register-only"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "PREFECT_API_URL is not set" in out.stderr and "prefect server start" in out.stderr
+    assert "registered" not in out.stdout and "temporary server" not in out.stdout + out.stderr.split("error:")[0]
+    home = tmp_path / "prefect-home"  # reading the settings may create it; a server would write its database
+    assert not home.exists() or not any(home.iterdir())
+
+
+def test_entry_points_turn_telemetry_off_before_importing_the_tools() -> None:
+    keys = ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "DVC_NO_ANALYTICS", "PREFECT_SERVER_ANALYTICS_ENABLED")
+    env = {k: v for k, v in os.environ.items() if k not in keys}
+    code = ("import os, sys; import {pkg}; "
+            "assert not [m for m in ('prefect', 'mlflow', 'dvc') if m in sys.modules]; "
+            "print([os.environ.get(k) for k in {keys!r}])")
+    for pkg in ("flows", "stages"):  # what `python -m flows...` and `python -m stages.<name>` import first
+        out = subprocess.run([sys.executable, "-c", code.format(pkg=pkg, keys=keys)], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "['true', '1', '1', 'false']", (pkg, out.stdout)
+    env["DO_NOT_TRACK"] = "0"  # the user's own choice stands
+    out = subprocess.run([sys.executable, "-c", code.format(pkg="flows", keys=keys)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "['true', '0', '1', 'false']"
+
+
+def test_where_to_look_links_open_mlflow_on_runs() -> None:
+    from flows.__main__ import where_to_look
+
+    text = where_to_look({"project": str(REPO), "tracking_uri": "sqlite:////x/mlflow.db", "parent_run_id": "p1",
+                          "mlflow_experiment_id": "4", "flow_run_id": "f1"})
+    assert "http://127.0.0.1:5000/#/experiments/4/runs/p1/artifacts/figures/comparison.png" \
+           "?workflowType=machine_learning" in text
+    assert "/#/experiments/4/runs?workflowType=machine_learning&searchFilter=tags.stage" in text
+    assert "ilnas compare" in text
