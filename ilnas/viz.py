@@ -357,7 +357,8 @@ def _class_weight_tables(history: Any) -> tuple[list[int] | None, dict[str, np.n
 
 
 def plot_class_weights(history: Any, path: str | os.PathLike,
-                       class_names: Mapping[str, Sequence[str]] | Sequence[str] | None = None) -> Path:
+                       class_names: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
+                       title: str | None = None) -> Path:
     """Heatmap(s) epochs x classes of class weights (LFM-CW): which classes the search leans on, when.
 
     ``history``: rows ``{"epoch", "class_weights": {task: [w per class]} | [w per class]}``, a mapping
@@ -367,6 +368,8 @@ def plot_class_weights(history: Any, path: str | os.PathLike,
     if not tables:
         raise ValueError("plot_class_weights: nothing to draw")
     fig, axes = plt.subplots(len(tables), 1, figsize=(8, 0.6 + 2.6 * len(tables)), squeeze=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
     for ax, (name, table) in zip(axes[:, 0], tables.items()):
         im = ax.imshow(table, aspect="auto", cmap="magma", interpolation="nearest")
         n_ep, n_cls = table.shape

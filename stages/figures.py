@@ -73,5 +73,6 @@ def draw_search_figures(search_dir: Path, out: Path, title: str | None = None) -
              figure("loss curves", v.plot_curves, history, loss_keys, out / "loss.png", title=title),
              figure("accuracy curves", v.plot_curves, history, acc_keys, out / "accuracy.png", title=title)]
     if any("class_weights" in row for row in alpha_rows):  # strategy: lfm
-        drawn.append(figure("class weights", v.plot_class_weights, alpha_rows, out / "class_weights.png"))
+        drawn.append(figure("class weights", v.plot_class_weights, alpha_rows, out / "class_weights.png",
+                            title=title))
     return [p for p in drawn if p is not None]

@@ -183,3 +183,12 @@ def test_saved_figures_fit_two_columns(tmp_path: Path) -> None:
                  viz.plot_curves(curves, None, tmp_path / "c.png", title="retrain")):
         with Image.open(path) as img:
             assert img.size[0] <= viz.MAX_WIDTH_PX + 2, (path.name, img.size)
+
+
+def test_every_picture_can_name_its_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    figures = []
+    monkeypatch.setattr(viz, "_save", lambda fig, path, dpi=100: figures.append(fig) or Path(path))
+    title = "search LFM-CW K=1 finite_difference seed 2 [lfm]"
+    viz.plot_class_weights({"t": np.ones((2, 3))}, tmp_path / "cw.png", title=title)
+    viz.plot_curves([{"epoch": 1, "test_top1": 0.5}], None, tmp_path / "c.png", title=title)
+    assert [f.get_suptitle() for f in figures] == [title, title]
