@@ -87,6 +87,10 @@ def _run(args: argparse.Namespace) -> int:
 
     resolve_variant(args.project_dir, args.overrides, args.preset, args.name)  # ParamsError: exit 2, no Prefect
 
+    import os
+
+    # Prefect's default 20 s for its temporary server is too short on a busy 2-core machine (make study sets the same)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.pipeline import pipeline
 
     result = pipeline(project_dir=args.project_dir, overrides=args.overrides, preset=args.preset, name=args.name,
