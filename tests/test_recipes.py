@@ -161,17 +161,17 @@ def test_imagenet_auxiliary_head_has_darts_single_batchnorm():
     assert norms("ilnas_cifar") == [2, 2]
 
 
-def test_implicit_recipe_warns_once_naming_the_recipe(tmp_path):
-    import warnings
+def test_implicit_recipe_warns_once_naming_the_recipe(caplog):
+    import logging
 
-    from ilnas.train.config import ImplicitRecipeWarning, warn_implicit_recipe
+    from ilnas.train.config import warn_implicit_recipe
 
     params = validate_params({"retrain": {"epochs": 1}, "transfer": {"recipe": "darts"}}, source="p.yaml")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
-        for _ in range(3):  # the stage validates more than once: the message shows once
-            warn_implicit_recipe("retrain", params.retrain, "p.yaml")
-        assert warn_implicit_recipe("transfer", params.transfer, "p.yaml") is None
-    assert [w.category for w in caught] == [ImplicitRecipeWarning]
-    assert "p.yaml: retrain.recipe is not set, so recipe 'timm' applies" in str(caught[0].message)
-    assert "darts | pcdarts | timm" in str(caught[0].message)
+    with caplog.at_level(logging.WARNING, logger="ilnas.train"):
+        for _ in range(3):  # a process may validate more than once: the message shows once
+            assert warn_implicit_recipe("retrain", params.retrain, "implicit.yaml") is not None
+        assert warn_implicit_recipe("transfer", params.transfer, "implicit.yaml") is None
+    records = [r for r in caplog.records if r.name == "ilnas.train"]
+    assert len(records) == 1 and records[0].levelname == "WARNING"
+    assert "implicit.yaml: retrain.recipe is not set, so recipe 'timm' applies" in records[0].getMessage()
+    assert "darts | pcdarts | timm" in records[0].getMessage()

@@ -38,7 +38,8 @@ def retrain_command(
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("ilnas.train").setLevel(logging.INFO)  # the per-epoch line
     result = retrain(cfg, genotype, out, resume=resume)
-    typer.echo(json.dumps({k: result.metrics[k] for k in ("top1", "top5", "params", "macs") if k in result.metrics}))
+    typer.echo(json.dumps({k: _sig4(result.metrics[k]) for k in ("top1", "top5", "params", "macs")
+                           if k in result.metrics}))
     typer.echo(f"metrics: {result.metrics_json}")
 
 
@@ -75,5 +76,10 @@ def transfer_command(
     logging.getLogger("ilnas.train").setLevel(logging.INFO)  # the per-epoch line
     result = transfer(cfg, genotype, out, data_root=data_root, resume=resume)
     keys = ("top1", "top5", "params", "macs", "eval_images_per_s")
-    typer.echo(json.dumps({k: result.metrics[k] for k in keys if k in result.metrics}))
+    typer.echo(json.dumps({k: _sig4(result.metrics[k]) for k in keys if k in result.metrics}))
     typer.echo(f"metrics: {result.metrics_json}")
+
+
+def _sig4(value: object) -> object:
+    """A float as printed: 4 significant digits (0.5599, not 0.5598885793871866); metrics.json keeps them all."""
+    return float(f"{value:.4g}") if isinstance(value, float) else value

@@ -24,7 +24,7 @@ processes takes ``batch_size / world_size`` (it must divide). ``lr`` is the rate
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -235,18 +235,22 @@ class TransferConfig(_TrainCommon):
         return _fill_recipe(data, TRANSFER_RECIPES)
 
 
-class ImplicitRecipeWarning(UserWarning):
-    """A params file's retrain or transfer section leaves ``recipe`` to the schema default."""
+_WARNED: set[str] = set()  # messages already logged in this process: each shows once
 
 
 def warn_implicit_recipe(section: str, cfg: _TrainCommon, source: str = "params") -> str | None:
-    """Warn when ``cfg`` did not name its recipe: the default (timm) is not the papers' recipe, so a preset that
-    forgets the key trains another way without a word. Python's warning registry shows each message once."""
+    """Log a warning, once per process and message, when ``cfg`` did not name its recipe: the default (timm)
+    is not the papers' recipe, so a preset that forgets the key would train another way without a word.
+
+    A log record (``ilnas.train``), not a Python warning: the stages' log format carries its level, so the flow
+    shows it as a warning. Returns the message, or None when the recipe was set."""
     if "recipe" in cfg.model_fields_set:
         return None
     message = (f"{source}: {section}.recipe is not set, so recipe '{cfg.recipe}' applies "
                f"({RECIPE_SUMMARY[cfg.recipe]}); set {section}.recipe ({' | '.join(RECIPE_NAMES)}) to choose")
-    warnings.warn(message, ImplicitRecipeWarning, stacklevel=2)
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logging.getLogger("ilnas.train").warning("%s", message)
     return message
 
 
