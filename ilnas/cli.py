@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 
 from ilnas.cli_options import DEBUG, VERSION
 from ilnas.compare_command import compare_command
-from ilnas.errors import debug_enabled, exit_code_of, format_error
+from ilnas.errors import debug_enabled, exit_code_of, fail
 from ilnas.search.commands import search_command
 from ilnas.train.commands import retrain_command, transfer_command
 
@@ -31,8 +31,7 @@ class _GuardedGroup(TyperGroup):
             code = exit_code_of(exc)
             if code is None or debug_enabled():
                 raise
-            click.echo(format_error("ilnas", exc), err=True)
-            ctx.exit(code)
+            fail("ilnas", exc)  # one block (under torchrun: printed by rank 0, every rank exits with the code)
 
 
 app = typer.Typer(cls=_GuardedGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

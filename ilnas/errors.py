@@ -15,7 +15,9 @@ Error types defined in modules that predate this one (``GenotypeError``, ``Manif
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
@@ -143,10 +145,62 @@ def format_error(prog: str, exc: BaseException) -> str:
     return f"{prog}: error: {body}\n  (traceback: rerun with --debug or {ENV_DEBUG}=1)"
 
 
+def torchrun_place() -> tuple[int, int] | None:
+    """``(rank, world size)`` when this process is one of several torchrun ranks, else None."""
+    try:
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return None
+    return (rank, world) if world > 1 and "LOCAL_RANK" in os.environ else None
+
+
+AGREE_TIMEOUT_S = 5.0  # how long a rank waits for the others to reach the same refusal
+
+
+def _every_rank_refuses(world: int) -> bool | None:
+    """Whether all ``world`` ranks reached :func:`fail` within ``AGREE_TIMEOUT_S``, counted in the torchrun agent's
+    store (None: no agent store to ask). A refusal of the input is reached by every rank; a rank-local failure
+    (one rank's damaged file) is not, and that rank then speaks for itself."""
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or not addr or not port:
+        return None
+    try:
+        from datetime import timedelta
+
+        from torch.distributed import TCPStore
+
+        store = TCPStore(addr, int(port), is_master=False, timeout=timedelta(seconds=AGREE_TIMEOUT_S))
+        key = (f"ilnas/refusal/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/"
+               f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}")
+        count, deadline = store.add(key, 1), time.monotonic() + AGREE_TIMEOUT_S
+        while count < world and time.monotonic() < deadline:
+            time.sleep(0.05)
+            count = store.add(key, 0)
+        return count >= world
+    except Exception:  # noqa: BLE001 - no agreement possible: every rank speaks for itself
+        return None
+
+
 def fail(prog: str, exc: BaseException) -> NoReturn:
-    """Print ``exc`` as one block on stderr and exit with its code."""
+    """Print ``exc`` as one block on stderr and exit with its code.
+
+    Under torchrun every rank meets the same refusal: rank 0 prints it, the others print nothing once all
+    ranks have reached it, and every rank exits with the code: SIGTERM, which torchrun's agent sends the others
+    as soon as the first rank has exited, is ignored from here on (the agent's SIGKILL still ends a hung rank)."""
     code = exit_code_of(exc) or EXIT_FAILURE
-    print(format_error(prog, exc), file=sys.stderr, flush=True)
+    place = torchrun_place()
+    if place is None:
+        print(format_error(prog, exc), file=sys.stderr, flush=True)
+        raise SystemExit(code)
+    rank, world = place
+    try:  # ignored, not handled: Python resets handled signals to their default while it exits
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+    if rank == 0:
+        print(format_error(prog, exc), file=sys.stderr, flush=True)
+    if not _every_rank_refuses(world) and rank != 0:
+        print(format_error(f"{prog} [rank {rank}]", exc), file=sys.stderr, flush=True)
     raise SystemExit(code)
 
 

@@ -70,9 +70,13 @@ def torchrun_needed(params: PipelineParams) -> bool:
 
 
 def relaunch_under_torchrun(stage: str, argv: Sequence[str] | None, params: PipelineParams) -> int:
-    """Re-exec ``stages.<stage>`` under torchrun with the ``distributed`` section; returns its exit code."""
-    import subprocess
+    """Run ``stages.<stage>`` under torchrun with the ``distributed`` section; returns the ranks' exit code.
+
+    torchrun runs in this process (:func:`ilnas.utils.launcher.launch_torchrun`): a refusal the ranks printed
+    ends with their exit code (2), without torchrun's failure report."""
     import sys
+
+    from ilnas.utils.launcher import launch_torchrun
 
     dist = params.distributed
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={dist.nproc_per_node}",
@@ -83,7 +87,7 @@ def relaunch_under_torchrun(stage: str, argv: Sequence[str] | None, params: Pipe
         cmd += ["--standalone"]
     cmd += ["-m", f"stages.{stage}", "--params", parse_args(stage, argv).params]
     log.info("relaunching under torchrun: %s", " ".join(cmd))
-    return subprocess.call(cmd)
+    return launch_torchrun(cmd[3:])
 
 
 def is_rank0() -> bool:

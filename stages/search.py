@@ -48,6 +48,10 @@ def work_dir(cfg) -> Path:
 def main(argv: Sequence[str] | None = None) -> None:
     params = setup("search", argv)
     if torchrun_needed(params):  # `distributed` asks for several processes: one per device, data parallel
+        from ilnas.search.parallel import check_resume_world
+
+        # checked before the launch: an unfinished search resumes only on the world size it ran on
+        check_resume_world(work_dir(params.search) / "checkpoint.pt", params.distributed.world_size)
         raise SystemExit(relaunch_under_torchrun("search", argv, params))
     from ilnas.data.prepare import load_stage_tasks
     from ilnas.search import SearchRun

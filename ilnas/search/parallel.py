@@ -13,9 +13,11 @@ checksum compares it across ranks every ``sync_check_every`` iterations.
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -186,3 +188,25 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
     error = global_batch_error("search.batch_size", batch_size, world_size)
     if error:
         raise ValueError(error)
+
+
+def check_resume_world(path: str | os.PathLike, world_size: int) -> None:
+    """Before torchrun is launched: an unfinished search's checkpoint resumes only on the world size it was
+    written on (the data shards and the batch statistics depend on it); :class:`CheckpointError` otherwise.
+
+    The same rule the search applies when it loads the checkpoint, checked by the launcher so that a refusal
+    costs no process start. A checkpoint of other search code is set aside by the search, so it passes here."""
+    from ilnas.search import provenance
+    from ilnas.search.checkpoint import CheckpointError, load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    state = load_checkpoint(path)
+    if state.get("code_version") != provenance.code_version():
+        return
+    saved = int(state.get("world_size", 1))
+    if saved != world_size:
+        raise CheckpointError(f"{path}: written by a search on {saved} process(es), distributed asks for "
+                              f"{world_size} (nproc_per_node x nnodes); resume with the same distributed settings "
+                              "(the data shards and batch statistics depend on them) or delete it to start over")

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from ilnas.utils.device import resolve_device
+from ilnas.utils.launcher import watch_launcher
 
 
 @dataclass
@@ -44,6 +45,7 @@ def setup_distributed(device_name: str = "auto") -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if not dist.is_initialized() and world <= 1:
         return DistContext(device=device)
+    watch_launcher()  # a rank of a killed torchrun stops instead of holding the devices
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
