@@ -85,17 +85,23 @@ def _run(args: argparse.Namespace) -> int:
     telemetry_off()
     from flows.variants import resolve_variant
 
-    resolve_variant(args.project_dir, args.overrides, args.preset, args.name)  # ParamsError: exit 2, no Prefect
+    variant = resolve_variant(args.project_dir, args.overrides, args.preset, args.name)  # ParamsError: exit 2
+    from flows.naming import flow_run_identity
 
+    name, run_tags = flow_run_identity(variant)  # the flow run is created with them: the console says it too
     import os
 
     # Prefect's default 20 s for its temporary server is too short on a busy 2-core machine (make study sets the same)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from prefect import tags
+
     from flows.pipeline import pipeline
 
-    result = pipeline(project_dir=args.project_dir, overrides=args.overrides, preset=args.preset, name=args.name,
-                      stages=args.stages, force=args.force, retries=args.retries, timeout_s=args.timeout,
-                      track=not args.no_track)
+    with tags(*run_tags):
+        result = pipeline.with_options(flow_run_name=name.replace("{", "{{").replace("}", "}}"))(
+            project_dir=args.project_dir, overrides=args.overrides, preset=args.preset, name=args.name,
+            stages=args.stages, force=args.force, retries=args.retries, timeout_s=args.timeout,
+            track=not args.no_track)
     if result.get("parent_run_id") and result.get("tracking_uri"):
         try:
             from mlflow.tracking import MlflowClient

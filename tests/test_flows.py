@@ -299,3 +299,15 @@ def test_where_to_look_links_open_mlflow_on_runs() -> None:
            "?workflowType=machine_learning" in text
     assert "/#/experiments/4/runs?workflowType=machine_learning&searchFilter=tags.stage" in text
     assert "ilnas compare" in text
+
+
+def test_cli_flow_run_is_created_with_its_name_and_tags(tmp_path: Path) -> None:
+    """`python -m flows`: the run's console lines carry the name from the start (not a random one renamed)."""
+    project = init_repo(tmp_path / "toy", SEED_FILES, copy_project=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env.pop("PREFECT_API_URL", None)
+    out = subprocess.run([sys.executable, "-m", "flows", "--project-dir", str(project), "--no-track", "--retries",
+                          "0", "-S", "seed=3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    console = out.stdout + out.stderr
+    assert "Beginning flow run 'IL K=2 first_order seed 3 [seed-3]'" in console, console[-3000:]
