@@ -84,6 +84,19 @@ def test_stage_refuses_a_world_size_change_before_launching(tmp_path: Path, one_
     assert time.perf_counter() - started < 120
 
 
+@pytest.mark.parametrize("stage", ["search", "retrain"])
+def test_stage_refuses_a_global_batch_the_processes_cannot_share_before_launching(tmp_path: Path, stage: str) -> None:
+    search = TINY.replace("batch_size: 16", "batch_size: 15") if stage == "search" else TINY
+    retrain = "{batch_size: 15}" if stage == "retrain" else "{batch_size: 16}"
+    params = tmp_path / "params.yaml"
+    params.write_text(f"seed: 3\ndevice: cpu\nsearch: {search}\nretrain: {retrain}\n"
+                      "distributed: {nproc_per_node: 2}\ntracking: {enabled: false}\n")
+    proc = subprocess.run([sys.executable, "-m", f"stages.{stage}", "--params", str(params)], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert_one_block(proc, f"{stage}.batch_size: 15 is the global batch over 2 processes", "allowed: a multiple of 2")
+    assert "relaunching under torchrun" not in proc.stderr + proc.stdout
+
+
 def test_stage_launcher_ends_with_the_ranks_exit_code_and_no_torchrun_report(tmp_path: Path) -> None:
     """Ranks that refuse after the launch (no 'prepare' manifests): one block, exit 2, no ChildFailedError."""
     params = tmp_path / "params.yaml"

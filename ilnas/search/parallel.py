@@ -183,11 +183,12 @@ class SearchWorld:
 
 def check_global_batch(batch_size: int, world_size: int) -> None:
     """``search.batch_size`` is the global batch: each of the ranks takes ``batch_size / world_size``."""
+    from ilnas.errors import InputError
     from ilnas.train.config import global_batch_error
 
     error = global_batch_error("search.batch_size", batch_size, world_size)
     if error:
-        raise ValueError(error)
+        raise InputError(error)  # one block, exit 2 (under torchrun: every rank meets it, rank 0 prints it)
 
 
 def check_resume_world(path: str | os.PathLike, world_size: int) -> None:

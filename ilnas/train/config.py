@@ -177,10 +177,12 @@ class _TrainCommon(BaseModel):
         return self.lr * self.batch_size / self.lr_base_batch if self.lr_base_batch else self.lr
 
     def per_process_batch(self, world_size: int) -> int:
-        """``batch_size / world_size``; ValueError naming the key when it does not divide."""
+        """``batch_size / world_size``; an input error (exit 2, one block) naming the key when it does not divide."""
+        from ilnas.errors import InputError
+
         error = global_batch_error("batch_size", self.batch_size, world_size)
         if error:
-            raise ValueError(error)
+            raise InputError(error)
         return self.batch_size // max(world_size, 1)
 
 
