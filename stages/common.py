@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import json
 import logging
 import math
@@ -16,6 +14,8 @@ from typing import Any
 
 from ilnas.params import ParamsError, PipelineParams, load_params
 from ilnas.tracking import StageTracker, run_identity, telemetry_off
+from ilnas.utils.fingerprint import json_digest
+from ilnas.utils.io import atomic_write_csv
 
 log = logging.getLogger("ilnas.stages")
 
@@ -153,21 +153,13 @@ def write_metrics(name: str, metrics: Mapping[str, Any]) -> Path:
 
 
 def write_rows_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Per-epoch rows as CSV (DVC plots); columns in first-seen order, timings left out."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [without_timings(r) for r in rows]
-    keys: list[str] = []
-    for row in rows:
-        keys.extend(k for k in row if k not in keys)
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows([clean(dict(r)) for r in rows])
-    return path
+    """Per-epoch rows as CSV (DVC plots): timings left out, NaN/inf blank (``ilnas.utils.io.atomic_write_csv``)."""
+    return atomic_write_csv(path, [clean(without_timings(r)) for r in rows])
 
 
 def config_hash(data: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """The key of a search's work directory (``ilnas.utils.fingerprint.json_digest``)."""
+    return json_digest(data)
 
 
 def fresh_dir(path: Path) -> Path:

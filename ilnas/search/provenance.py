@@ -8,10 +8,10 @@ search imports, the same set the search stage lists as DVC dependencies.
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 
 import ilnas
+from ilnas.utils.fingerprint import source_digest
 
 # the ilnas packages a search runs (keep in step with the search stage's deps in dvc.yaml)
 SEARCH_PACKAGES = ("search", "space", "strategies", "hypergrad", "data", "utils")
@@ -22,9 +22,5 @@ SEARCH_FILES = ("__init__.py",)
 def code_version() -> str:
     """sha256 (first 12 hex digits) over the paths and bytes of the search's Python sources."""
     root = Path(ilnas.__file__).parent
-    digest = hashlib.sha256()
     files = [root / f for f in SEARCH_FILES] + sorted(p for pkg in SEARCH_PACKAGES for p in (root / pkg).rglob("*.py"))
-    for path in files:
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
+    return source_digest(root, files)

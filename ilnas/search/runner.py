@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
@@ -31,7 +29,7 @@ from ilnas.space.genotype import Genotype, collapse_counts
 from ilnas.strategies import get_strategy
 from ilnas.strategies.base import SearchContext, SearchStrategy
 from ilnas.utils.device import amp_enabled, rng_state, seed_everything, set_rng_state
-from ilnas.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from ilnas.utils.io import atomic_torch_save, atomic_write_csv, atomic_write_json
 
 log = logging.getLogger("ilnas.search")
 
@@ -70,17 +68,6 @@ def _build_tasks(config: SearchConfig) -> list[TaskData]:
         raise ValueError(f"search.tasks must share input channels and image size, got "
                          f"{ {t.name: (t.in_channels, t.image_size) for t in tasks} }")
     return tasks
-
-
-def _write_history_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for row in rows:
-        keys.extend(k for k in row if k not in keys)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
 def _genotype_line(genotype: Genotype) -> str:
@@ -349,7 +336,7 @@ class SearchRun:
         return row
 
     def _write_history(self) -> None:
-        _write_history_csv(self.out_dir / "history.csv", self.history)
+        atomic_write_csv(self.out_dir / "history.csv", self.history)
         atomic_write_json(self.out_dir / "alpha_history.json", self.alpha_rows)
 
     def _finish(self) -> SearchResult:

@@ -8,8 +8,6 @@ exact resume (RNG + data order per epoch), DDP sharding and metric reduction, CS
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import sys
@@ -48,7 +46,7 @@ from ilnas.train.distributed import DistContext, all_reduce_sum, barrier
 from ilnas.train.lerac import GROUP_KEY, LeRaCScheduler, lerac_param_groups
 from ilnas.train.schedules import SCHEDULES, create_schedule
 from ilnas.utils.device import amp_enabled, rng_state, set_rng_state
-from ilnas.utils.io import atomic_write_text
+from ilnas.utils.io import atomic_write_csv
 
 EpochCallback = Callable[[int, dict[str, Any]], None]  # (epoch counted from 1, history row)
 log = logging.getLogger("ilnas.train")
@@ -132,19 +130,6 @@ def epoch_line(desc: str, row: dict[str, Any], epochs: int, eval_split: str = "v
     keys = ("train_loss", "train_top1", f"{eval_split}_loss", f"{eval_split}_top1", f"{eval_split}_top1_ema", "lr")
     parts = [f"{k} {row[k]:.4g}" for k in keys if isinstance(row.get(k), int | float)]
     return f"{desc} epoch {row['epoch']}/{epochs}: " + " ".join(parts) + f" ({row.get('epoch_time_s', 0.0):.1f} s)"
-
-
-def write_history_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    fields: list[str] = []
-    for row in rows:
-        fields += [k for k in row if k not in fields]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
 @dataclass
@@ -398,7 +383,7 @@ def fit(
         prev_metric = metric
         if saver is not None:
             saver.save_checkpoint(epoch, metric=None)  # no "best" file: the final weights are the result
-            write_history_csv(out_dir / "history.csv", history)
+            atomic_write_csv(out_dir / "history.csv", history)
             log.info("%s", epoch_line(desc, row, cfg.epochs, eval_split))
             for cb in callbacks:
                 cb(epoch + 1, dict(row))
