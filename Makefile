@@ -1,4 +1,4 @@
-# Two commands set everything up on a fresh machine: `make run` and `make test`.
+# Two commands set everything up on a fresh machine: `make run` and `make test` (inner loop: `make test-fast`).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DVC_NO_ANALYTICS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install run test lint bench clean study calibrate
+.PHONY: install run test test-fast lint bench clean study calibrate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -53,6 +53,11 @@ test: $(STAMP)
 	# two workers, one test file each at a time (module fixtures stay on one worker): most tests wait on
 	# subprocesses, servers and one-thread torch, so 2 cores carry two files at once
 	$(BIN)/python -m pytest -q -x -n 2 --dist loadfile --durations=15 tests
+
+# the inner loop: the tests not marked slow (tests/conftest.py: SLOW_FILES), same two workers; CI runs `make test`
+test-fast: $(STAMP)
+	$(BIN)/ruff check ilnas stages flows tests bench
+	$(BIN)/python -m pytest -q -x -n 2 --dist loadfile --durations=10 -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check ilnas stages flows tests bench

@@ -103,3 +103,18 @@ def init_repo(root: Path, files: dict[str, str] | None = None, copy_project: boo
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "init")
     return root
+
+
+# `make test-fast` runs `-m "not slow"`: these files start a Prefect server, run the pipeline or a study through
+# DVC, start several ranks under torchrun, kill and resume processes, or import every stage in a fresh interpreter
+SLOW_FILES = {
+    "test_pipeline.py", "test_flows.py", "test_flows_deploy.py", "test_faults_messages.py", "test_faults_kill.py",
+    "test_faults_tracking.py", "test_faults_files.py", "test_lineage.py", "test_study.py", "test_search_ddp.py",
+    "test_ddp.py", "test_dvc_deps.py", "test_train_cli.py",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
