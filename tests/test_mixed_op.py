@@ -7,8 +7,9 @@ import copy
 import pytest
 import torch
 
+from ilnas.space.fused import reachable_crop as _reachable_crop
 from ilnas.space.ops import OPS, PRIMITIVES
-from ilnas.space.supernet import MixedOp, Supernet, _reachable_crop
+from ilnas.space.supernet import MixedOp, Supernet
 
 
 def plain_darts_sum(op: MixedOp, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

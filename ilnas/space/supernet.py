@@ -12,100 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ilnas.space.fused import batch_norm_scaled, cropped_conv, pointwise
 from ilnas.space.ops import OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     b, c, h, w = x.shape
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-
-def _reachable_crop(kernel: int, dilation: int, padding: int, size: int, stride: int) -> int:
-    """How many outer rings of a centred ``kernel`` can never touch the input (they only ever meet padding).
-
-    An output pixel i reads input ``stride * i + a * dilation - padding`` for tap a; on a small map (8x8 images
-    reach 2x2 after two reductions) the outer taps of a 5x5 or dilated kernel read only padding zeros. Dropping
-    them (and as much padding) changes no number and skips their work; the reference computes them.
-    """
-    out = (size - 1) // stride + 1
-    lo, hi = -stride * (out - 1), size - 1  # offsets some output pixel can reach inside the input
-    rings = 0
-    while kernel - 2 * rings > 1:
-        first, last = rings * dilation - padding, (kernel - 1 - rings) * dilation - padding
-        if lo <= first <= hi or lo <= last <= hi:
-            break
-        rings += 1
-    return rings
-
-
-def _cropped_conv(conv: nn.Conv2d, x: torch.Tensor, stride: int) -> torch.Tensor:
-    """``conv(x)`` (a depthwise k x k conv of a DARTS op) with its never-reached outer taps left out.
-
-    A dilation-2 kernel with "same" padding reads one pixel parity only: at stride 2 the even rows and
-    columns (a plain conv of ``x[..., ::2, ::2]``), at stride 1 each of the four parity sub-images on its
-    own (space-to-batch). oneDNN's dilated depthwise backward was 2-5x slower than the plain one on CPU.
-    """
-    k, d, p = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
-    h, w = x.shape[-2:]
-    rings = min(_reachable_crop(k, d, p, h, stride), _reachable_crop(k, d, p, w, stride))
-    k, p = k - 2 * rings, p - d * rings
-    weight = conv.weight if not rings else conv.weight[:, :, rings : rings + k, rings : rings + k]
-    if k == 1:  # one tap per channel: a per-channel scale (a convolution call costs ~10x more on tiny maps)
-        return (x if stride == 1 else x[:, :, ::stride, ::stride]) * weight.reshape(1, -1, 1, 1)
-    if d == 2 and p == k - 1 and x.device.type == "cpu":
-        if stride == 2:
-            return F.conv2d(x[:, :, ::2, ::2], weight, None, 1, p // 2, 1, conv.groups)
-        # measured per call (fwd + bwd, one thread): on 8x8 maps the 3x3 runs faster dilated as it is
-        if stride == 1 and h % 2 == 0 and w % 2 == 0 and x.stride(1) == 1 and (k > 3 or h * w < 64):
-            return _space_to_batch_conv(x, weight, p // 2, conv.groups)
-    return F.conv2d(x, weight, None, stride, p, d, conv.groups)
-
-
-def _space_to_batch_conv(x: torch.Tensor, weight: torch.Tensor, padding: int, groups: int) -> torch.Tensor:
-    """A dilation-2 "same" convolution of a channels-last map as a plain one on its four pixel-parity sub-images.
-
-    In NHWC the parity split and its inverse are one copy each (permutes of the ``(n, h/2, 2, w/2, 2, c)`` view).
-    """
-    n, c, h, w = x.shape
-    nhwc = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c)
-    phases = nhwc.permute(2, 4, 0, 1, 3, 5).reshape(4 * n, h // 2, w // 2, c).permute(0, 3, 1, 2)
-    y = F.conv2d(phases, weight, None, 1, padding, 1, groups)
-    c = y.shape[1]
-    y = y.permute(0, 2, 3, 1).reshape(2, 2, n, h // 2, w // 2, c).permute(2, 3, 0, 4, 1, 5).reshape(n, h, w, c)
-    return y.permute(0, 3, 1, 2)
-
-
-def _pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for a bias-free 1x1 convolution; on small channels-last maps one matrix product.
-
-    Channels-last, the pixels are rows of an ``(N*H*W, C)`` matrix, so the convolution is ``F.linear`` on a
-    permuted view (no copy). On maps of up to 16 pixels oneDNN's per-call cost dominates and the product
-    measured 2x faster forward + backward (one thread, C = 16..32); at 8x8 the two are even.
-    """
-    if x.shape[-1] * x.shape[-2] > 16 or x.stride(1) != 1 or x.shape[1] == 1:
-        return conv(x)
-    weight = conv.weight.reshape(conv.out_channels, conv.in_channels)
-    return F.linear(x.permute(0, 2, 3, 1), weight).permute(0, 3, 1, 2)
-
-
-def _batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """``scale * bn(x)`` in one call: nn.BatchNorm2d's own train/eval and running-statistics rules, with the
-    mixing weight passed as the (otherwise absent, ``affine=False``) BatchNorm weight.
-
-    ``scale`` must be contiguous: torch 2.14's CPU batch_norm backward returns a wrong input gradient for a
-    stride-0 (``expand``-ed) weight on 1x1 maps (tests/test_mixed_op.py covers that size).
-    """
-    scaled = getattr(bn, "scaled", None)  # a BatchNorm with statistics of its own (data-parallel search)
-    if scaled is not None:
-        return scaled(x, scale)
-    factor = 0.0
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
-    track = not bn.training or bn.track_running_stats
-    return F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None, scale, None,
-                        use_batch, factor, bn.eps)
 
 
 class MixedOp(nn.Module):
@@ -118,7 +31,7 @@ class MixedOp(nn.Module):
     * one ReLU of the input shared by every convolutional candidate (DARTS applies it once per candidate);
     * the mixing weight folded into each candidate's final BatchNorm as its scale (no separate multiply);
     * ``none`` skipped: it adds exactly zero, and zero gradient;
-    * kernel taps that can only ever read padding on small maps left out (see :func:`_reachable_crop`).
+    * kernel taps that can only ever read padding on small maps left out (see :func:`ilnas.space.fused.reachable_crop`).
 
     ``primitives``: the candidate set, in the order of the weights' columns (default the DARTS 8).
     ``aux_skip``: DARTS-' auxiliary skip (Chu et al. 2021), ``aux * skip(x)`` added outside the weights; on a
@@ -138,6 +51,7 @@ class MixedOp(nn.Module):
                 self.ops[i] = nn.Sequential(self.ops[i], nn.BatchNorm2d(channels // q, affine=False))
         # "none" contributes exactly zero (and zero gradient): skip computing it
         self._active = [i for i, p in enumerate(self.primitives) if p != "none"]
+        self._kind = [p.rsplit("_", 1)[0] if p.startswith(("sep_conv", "dil_conv")) else p for p in self.primitives]
         self._needs_relu = any(p not in ("max_pool_3x3", "avg_pool_3x3", "noise", "none") for p in self.primitives)
         self.aux_op = FactorizedReduce(channels // q, channels // q, affine=False) if aux_skip and stride == 2 \
             else None
@@ -169,7 +83,7 @@ class MixedOp(nn.Module):
         return self.aux_op(x)
 
     def _mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        # one contiguous row of per-channel scales per candidate (see _batch_norm on why contiguous); unbind is
+        # one contiguous row of per-channel scales per candidate (see batch_norm_scaled on why contiguous); unbind is
         # one op forward and backward where a select per candidate costs a zero-filled gradient each
         scale = weights[:, None].expand(-1, x.shape[1]).contiguous().unbind(0)
         r = F.relu(x) if self._needs_relu else x
@@ -182,21 +96,21 @@ class MixedOp(nn.Module):
     def _term(self, i: int, x: torch.Tensor, r: torch.Tensor, weights: torch.Tensor,
               scale: Sequence[torch.Tensor]) -> torch.Tensor:
         """Candidate ``i`` times its weight, fused (the ReLU ``r`` of ``x`` shared, the weight as BN scale)."""
-        name, op, s = self.primitives[i], self.ops[i], self.stride
+        name, op, s = self._kind[i], self.ops[i], self.stride
         if name == "max_pool_3x3":
-            return _batch_norm(op[1], F.max_pool2d(x, 3, s, 1), scale[i])
+            return batch_norm_scaled(op[1], F.max_pool2d(x, 3, s, 1), scale[i])
         if name == "avg_pool_3x3":
-            return _batch_norm(op[1], F.avg_pool2d(x, 3, s, 1, count_include_pad=False), scale[i])
+            return batch_norm_scaled(op[1], F.avg_pool2d(x, 3, s, 1, count_include_pad=False), scale[i])
         if name == "skip_connect":
-            return _batch_norm(op.bn, op.convolve(r), scale[i]) if isinstance(op, FactorizedReduce) \
+            return batch_norm_scaled(op.bn, op.convolve(r), scale[i]) if isinstance(op, FactorizedReduce) \
                 else weights[i] * x
-        if name.startswith("sep_conv"):
+        if name == "sep_conv":
             first, second = op
-            mid = _batch_norm(first[3], _pointwise(first[2], _cropped_conv(first[1], r, s)), None)
-            y = _pointwise(second[2], _cropped_conv(second[1], F.relu(mid), 1))
-            return _batch_norm(second[3], y, scale[i])
-        if name.startswith("dil_conv"):
-            return _batch_norm(op[3], _pointwise(op[2], _cropped_conv(op[1], r, s)), scale[i])
+            mid = batch_norm_scaled(first[3], pointwise(first[2], cropped_conv(first[1], r, s)), None)
+            y = pointwise(second[2], cropped_conv(second[1], F.relu(mid), 1))
+            return batch_norm_scaled(second[3], y, scale[i])
+        if name == "dil_conv":
+            return batch_norm_scaled(op[3], pointwise(op[2], cropped_conv(op[1], r, s)), scale[i])
         return weights[i] * op(x)  # noise: a fresh draw, weighted
 
 
