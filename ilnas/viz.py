@@ -28,7 +28,8 @@ from ilnas.space.ops import PRIMITIVES  # noqa: E402
 from ilnas.utils.io import atomic_write  # noqa: E402
 
 CELLS = ("normal", "reduce")
-OP_COLORS = {op: plt.get_cmap("tab10")(i) for i, op in enumerate(PRIMITIVES)}
+# tab10 without its grey (index 7): grey is the dashed edges into the output
+OP_COLORS = {op: plt.get_cmap("tab10")(i + (i >= 7)) for i, op in enumerate(PRIMITIVES)}
 
 
 MAX_WIDTH_PX = 1000  # two revisions side by side in ``dvc plots diff`` (its page also scales, .dvc/plots.html)

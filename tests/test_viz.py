@@ -192,3 +192,10 @@ def test_every_picture_can_name_its_run(tmp_path: Path, monkeypatch: pytest.Monk
     viz.plot_class_weights({"t": np.ones((2, 3))}, tmp_path / "cw.png", title=title)
     viz.plot_curves([{"epoch": 1, "test_top1": 0.5}], None, tmp_path / "c.png", title=title)
     assert [f.get_suptitle() for f in figures] == [title, title]
+
+
+def test_op_colours_differ_from_the_output_edges_grey() -> None:
+    grey = np.array(to_rgb("grey"))
+    colours = [np.array(to_rgb(c)) for c in viz.OP_COLORS.values()]
+    assert len(colours) == 8 and all(np.linalg.norm(c - grey) > 0.2 for c in colours)
+    assert min(np.linalg.norm(a - b) for i, a in enumerate(colours) for b in colours[i + 1:]) > 0.2
