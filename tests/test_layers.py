@@ -146,6 +146,15 @@ def test_the_foundation_imports_only_below_itself() -> None:
     assert foundation_violations(import_graph()) == [], f"ranks, bottom up: {FOUNDATION}"
 
 
+def test_search_and_training_do_not_import_each_other() -> None:
+    """Both build on the foundation; what they share (process groups, batch checks) lives in ilnas.utils."""
+    graph = import_graph()
+    crossing = sorted((a, b) for a, outs in graph.items() for b in outs
+                      for x, y in (("ilnas.search", "ilnas.train"), ("ilnas.train", "ilnas.search"))
+                      if a.startswith(x) and b.startswith(y))
+    assert crossing == []
+
+
 PROBE = r"""
 import json, sys
 from ilnas.params import load_params

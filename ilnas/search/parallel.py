@@ -184,7 +184,7 @@ class SearchWorld:
 def check_global_batch(batch_size: int, world_size: int) -> None:
     """``search.batch_size`` is the global batch: each of the ranks takes ``batch_size / world_size``."""
     from ilnas.errors import InputError
-    from ilnas.train.config import global_batch_error
+    from ilnas.utils.checks import global_batch_error
 
     error = global_batch_error("search.batch_size", batch_size, world_size)
     if error:

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ilnas.data.spec import TaskConfig
-from ilnas.utils.checks import check_device_name
+from ilnas.utils.checks import check_device_name, global_batch_error  # noqa: F401 - also ilnas.params's
 
 
 def _default_task() -> TaskConfig:
@@ -85,14 +85,6 @@ def _fill_recipe(data: Any, recipes: dict[str, dict[str, Any]]) -> Any:
     if name not in recipes:
         return data
     return {**recipes[name], **data}
-
-
-def global_batch_error(key: str, batch_size: int, world_size: int) -> str | None:
-    """The error message when ``batch_size`` (global) does not split evenly over ``world_size`` processes."""
-    if world_size > 1 and batch_size % world_size:
-        return (f"{key}: {batch_size} is the global batch over {world_size} processes and must divide evenly; "
-                f"allowed: a multiple of {world_size} (each process takes batch_size / world_size)")
-    return None
 
 
 class LeRaCConfig(BaseModel):

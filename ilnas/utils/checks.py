@@ -68,6 +68,16 @@ def check_existing_dir(path: str | Path, what: str, base: Path | None = None) ->
                          + (f" (resolved: {p})" if str(p) != str(path) else ""))
 
 
+def global_batch_error(key: str, batch_size: int, world_size: int) -> str | None:
+    """The error message when ``batch_size`` (global) does not split evenly over ``world_size`` processes.
+
+    Shared by the search and the training configs (a global batch is split over the torchrun processes)."""
+    if world_size > 1 and batch_size % world_size:
+        return (f"{key}: {batch_size} is the global batch over {world_size} processes and must divide evenly; "
+                f"allowed: a multiple of {world_size} (each process takes batch_size / world_size)")
+    return None
+
+
 # -- timm registries -------------------------------------------------------------------------------------------
 def check_timm_model(name: str) -> None:
     """``timm.is_model``; near misses among timm's names and the project's own are suggested.
