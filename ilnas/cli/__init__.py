@@ -1,8 +1,9 @@
 """The ``ilnas`` command line: ``ilnas search``, ``ilnas retrain``, ``ilnas transfer``, ``ilnas compare``.
 
-Imports point one way: this module registers the plain functions of the ``commands`` modules, which
-know nothing of it. Every invocation ends through :func:`ilnas.errors.guarded`: a known error (bad
-params, a damaged checkpoint or genotype) prints one block and exits 2 (``--debug``: the traceback).
+Imports point one way: this package registers the plain functions of its command modules (``search``, ``train``,
+``compare``), which know nothing of it; the library packages import nothing of the CLI. Every invocation ends
+through :func:`ilnas.errors.guarded`: a known error (bad params, a damaged checkpoint or genotype) prints one
+block and exits 2 (``--debug``: the traceback).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from ilnas.cli_options import DEBUG, VERSION
-from ilnas.compare_command import compare_command
+from ilnas.cli.compare import compare_command
+from ilnas.cli.options import DEBUG, VERSION
+from ilnas.cli.search import search_command
+from ilnas.cli.train import retrain_command, transfer_command
 from ilnas.errors import debug_enabled, exit_code_of, fail
-from ilnas.search.commands import search_command
-from ilnas.train.commands import retrain_command, transfer_command
 
 
 class _GuardedGroup(TyperGroup):
@@ -52,7 +53,3 @@ app.command("compare")(compare_command)
 def main(argv: Sequence[str] | None = None) -> Any:
     """``python -m ilnas`` / ``python -m ilnas.cli``."""
     return app(args=list(argv) if argv is not None else None, prog_name="ilnas")
-
-
-if __name__ == "__main__":
-    main()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ilnas.cli_options import DEBUG, VERSION
+from ilnas.cli.options import DEBUG, VERSION
 
 
 def compare_command(

@@ -1,6 +1,6 @@
 """Options every ``ilnas`` command shares (``-S``, ``--version``, ``--debug``); imported by the commands.
 
-A module of its own so that imports point one way: ``ilnas.cli`` -> the ``commands`` modules -> here.
+A module of its own so that imports point one way: ``ilnas.cli`` -> the command modules -> here.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ilnas.cli_options import DEBUG, VERSION, set_option
+from ilnas.cli.options import DEBUG, VERSION, set_option
 
 
 def search_command(
