@@ -66,6 +66,15 @@ def test_arch_steps_caps_the_steps_taken_and_reports_them(tmp_path):
     assert result.metrics["iterations"] == 6
 
 
+def test_a_resumed_search_keeps_counting_towards_the_budget(tmp_path):
+    cfg = SearchConfig(epochs=3, iterations_per_epoch=2, arch_steps=3, **TINY)
+    with pytest.raises(KeyboardInterrupt):
+        SearchRun(cfg, tmp_path).run(progress=False, stop_after_epoch=0)
+    result = SearchRun(cfg, tmp_path).run(progress=False)
+    assert [row["arch_steps"] for row in result.history] == [1, 2, 3]
+    assert result.metrics["arch_steps"] == 3
+
+
 def test_an_arch_step_budget_beyond_the_search_fails_before_any_compute(tmp_path):
     with pytest.raises(ValidationError, match=r"arch_steps: got 7; allowed: 1..6"):
         SearchConfig(epochs=3, warmup_epochs=1, iterations_per_epoch=3, arch_steps=7, **TINY)
