@@ -215,7 +215,10 @@ class PipelineParams(BaseModel):
         check_seed(value.seed)
         task = getattr(value, "task", None)
         if task is not None:
-            check_classes(task.dataset, task.classes, task.name)
+            try:
+                check_classes(task.dataset, task.classes, task.name)
+            except ValueError as exc:  # named by its key path: retrain.task.classes
+                raise ValueError(f"task.classes: {exc}") from None
         return value
 
     @model_validator(mode="after")
@@ -333,14 +336,19 @@ MAX_PROBLEM_LINES = 25  # a document with thousands of bad keys is reported by i
 def _named_loc(loc: list[str | int], head: str) -> list[str | int]:
     """``loc`` extended by the key a validator's message starts with (``classes: ...``, ``tasks[0].root: ...``).
 
-    A head that repeats the start of ``loc`` is absolute (``search.batch_size`` raised inside ``search``)."""
+    A head that repeats the start of ``loc`` is absolute (``search.batch_size`` raised inside ``search``); one
+    that repeats its end continues it (``tasks[0].classes`` raised by the validator of ``search.tasks``)."""
     from ilnas.utils.overrides import split_key
 
-    parts = split_key(head)
+    try:
+        parts = split_key(head)
+    except OverrideError:  # not a key after all (``a..b: ...``): keep the message as it is
+        return [*loc, head]
     if loc and parts[0] == loc[0]:
         return parts
-    if parts == loc[-len(parts):]:
-        return loc
+    for k in range(min(len(loc), len(parts)), 0, -1):  # a head that starts where loc ends (tasks[0].x at tasks)
+        if loc[-k:] == parts[:k]:
+            return [*loc[:-k], *parts]
     return [*loc, *parts]
 
 

@@ -151,8 +151,11 @@ class SearchConfig(BaseModel):
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique, got {names}")
-        for task in tasks:
-            check_classes(task.dataset, task.classes, task.name)
+        for i, task in enumerate(tasks):
+            try:
+                check_classes(task.dataset, task.classes, task.name)
+            except ValueError as exc:  # named by its key path: search.tasks[i].classes
+                raise ValueError(f"tasks[{i}].classes: {exc}") from None
         return tasks
 
     @field_validator("primitives")
