@@ -49,7 +49,7 @@ def spec_data(**changes) -> dict:
                {"name": "il", "params": {"search": {"hypergrad": "second"}}}]}, "arms.il: search.hypergrad"),
     ({"arms": [{"name": "random", "kind": "random"},
                {"name": "il", "params": {"retrain": {"epochs": -1}}}]}, "arms.il: retrain.epochs"),
-    ({"arms": [{"name": "random", "kind": "bogus"}]}, "arms.0.kind"),
+    ({"arms": [{"name": "random", "kind": "bogus"}]}, "arms[0].kind"),
 ])
 def test_bad_spec_names_the_key(change: dict, key: str) -> None:
     with pytest.raises(StudySpecError) as info:
