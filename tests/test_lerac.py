@@ -12,8 +12,8 @@ import ilnas.nets  # noqa: F401
 from ilnas.data.spec import TaskConfig
 from ilnas.space.genotype import DARTS_V2
 from ilnas.train import LeRaCConfig, RetrainConfig, retrain
-from ilnas.train.engine import build_optimizer
 from ilnas.train.lerac import GROUP_KEY, lerac_initial_lr, lerac_lr
+from ilnas.train.optim import build_optimizer
 
 LR, RATIO, K = 0.1, 1e-5, 5
 

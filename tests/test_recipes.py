@@ -15,7 +15,7 @@ from ilnas.params import validate_params
 from ilnas.space.genotype import DARTS_V2
 from ilnas.train import RetrainConfig, TransferConfig
 from ilnas.train.augment import Cutout
-from ilnas.train.engine import build_optimizer
+from ilnas.train.optim import build_optimizer
 from ilnas.train.retraining import build_model, retrain_transforms
 
 REPO = Path(__file__).resolve().parents[1]

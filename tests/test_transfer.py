@@ -12,7 +12,7 @@ from torch import nn
 from ilnas.space.genotype import DARTS_V2
 from ilnas.train import TransferConfig, transfer
 from ilnas.train.distributed import DistContext
-from ilnas.train.engine import eval_loader, evaluate
+from ilnas.train.evaluation import eval_loader, evaluate
 from ilnas.train.transfer_eval import imagefolder_datasets
 
 GREYS = [20, 60, 100, 140, 180, 220]  # one flat grey level per class: a class is recognisable from its mean

@@ -1,18 +1,18 @@
 """The training loop shared by retraining and transfer, assembled from timm's parts.
 
-timm provides the optimizer (create_optimizer_v2), scheduler (create_scheduler_v2), Mixup/CutMix, the
+timm provides the optimizer and scheduler (``ilnas.train.optim``), Mixup/CutMix, the
 losses (LabelSmoothingCrossEntropy, SoftTargetCrossEntropy), ModelEmaV3, CheckpointSaver, NativeScaler
 (AMP), accuracy and AverageMeter. What is ours: LeRaC, the DARTS drop-path ramp, the auxiliary loss,
-exact resume (RNG + data order per epoch), DDP sharding and metric reduction, CSV/JSON outputs.
+exact resume (RNG + data order per epoch), DDP sharding and metric reduction (``ilnas.train.evaluation``),
+CSV/JSON outputs.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +21,9 @@ from typing import Any
 import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from timm.utils import AverageMeter, ModelEmaV3, NativeScaler, accuracy, dispatch_clip_grad
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
@@ -43,8 +41,8 @@ from ilnas.train.checkpoint import (
 )
 from ilnas.train.config import LeRaCConfig, _TrainCommon
 from ilnas.train.distributed import DistContext, all_reduce_sum, barrier
-from ilnas.train.lerac import GROUP_KEY, LeRaCScheduler, lerac_param_groups
-from ilnas.train.schedules import SCHEDULES, create_schedule
+from ilnas.train.evaluation import eval_loader, evaluate, progress_enabled, to_device
+from ilnas.train.optim import build_optimizer, group_lrs
 from ilnas.utils.device import amp_enabled, rng_state, set_rng_state
 from ilnas.utils.io import atomic_write_csv
 
@@ -52,77 +50,6 @@ EpochCallback = Callable[[int, dict[str, Any]], None]  # (epoch counted from 1, 
 log = logging.getLogger("ilnas.train")
 # config keys that may differ between an interrupted run and its resume (they do not change the result)
 RESUME_IGNORED = ("num_workers", "device", "log_interval", "data_root", "checkpoint", "eval_batches")
-
-
-def progress_enabled(ctx: DistContext) -> bool:
-    """Progress bars only on rank 0 and only on a terminal (no bar spam in DVC / Prefect logs)."""
-    return ctx.is_main and sys.stderr.isatty()
-
-
-def shard(dataset: Dataset, ctx: DistContext) -> Dataset:
-    """Every rank evaluates a disjoint slice (no padding, so reduced metrics count each image once)."""
-    if not ctx.distributed:
-        return dataset
-    return Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world_size)))
-
-
-def eval_loader(dataset: Dataset, batch_size: int, ctx: DistContext, num_workers: int = 0) -> DataLoader:
-    return DataLoader(shard(dataset, ctx), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=ctx.device.type == "cuda")
-
-
-def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
-    x = x.to(device, non_blocking=True)
-    if channels_last and x.ndim == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y.to(device, non_blocking=True)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, ctx: DistContext, num_classes: int, amp: bool = False,
-             channels_last: bool = False, max_batches: int | None = None, desc: str = "eval") -> dict[str, float]:
-    """Loss, top-1 and top-k (k = min(5, num_classes)) as fractions, and images/s, reduced over ranks."""
-    model.eval()
-    k = min(5, num_classes)
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    loss_sum = correct1 = correctk = n = 0.0
-    seconds = 0.0
-    autocast = torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext()
-    bar = tqdm(loader, desc=desc, leave=False, disable=not progress_enabled(ctx))
-    for i, (x, y) in enumerate(bar):
-        if max_batches is not None and i >= max_batches:
-            break
-        x, y = _to_device(x, y, ctx.device, channels_last)
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize(ctx.device)
-        start = time.perf_counter()
-        with autocast:
-            out = model(x)
-        if isinstance(out, tuple):
-            out = out[0]
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize(ctx.device)
-        seconds += time.perf_counter() - start
-        out = out.float()
-        bs = y.shape[0]
-        acc1, acck = accuracy(out, y, topk=(1, k))
-        loss_sum += float(loss_fn(out, y))
-        correct1 += round(float(acc1) * bs / 100.0)
-        correctk += round(float(acck) * bs / 100.0)
-        n += bs
-    loss_sum, correct1, correctk, n, seconds_sum = all_reduce_sum([loss_sum, correct1, correctk, n, seconds], ctx)
-    if n == 0:
-        raise ValueError(f"{desc}: the evaluation set is empty")
-    # ranks run in parallel: throughput is all images over the mean per-rank time
-    per_rank_seconds = seconds_sum / ctx.world_size
-    return {
-        "loss": loss_sum / n,
-        "top1": correct1 / n,
-        "top5": correctk / n,
-        "topk": k,
-        "n": int(n),
-        "images_per_s": n / per_rank_seconds if per_rank_seconds > 0 else float("inf"),
-    }
 
 
 def epoch_line(desc: str, row: dict[str, Any], epochs: int, eval_split: str = "val") -> str:
@@ -151,48 +78,6 @@ class FitResult:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def build_optimizer(model: nn.Module, cfg: _TrainCommon, lerac: LeRaCConfig | None):
-    """timm optimizer + scheduler; with LeRaC, one param group per depth group and a wrapping scheduler.
-
-    The starting rate is ``cfg.effective_lr()`` (linear scaling when ``lr_base_batch`` is set); weight decay
-    covers norms and biases only with ``wd_on_norm_and_bias`` (DARTS), else timm's rule skips 1-d tensors.
-    ``opt: momentum`` is timm's plain heavy-ball SGD (DARTS' torch.optim.SGD); timm's ``sgd`` is Nesterov.
-    """
-    lr = cfg.effective_lr()
-    opt_kwargs: dict[str, Any] = {}
-    if cfg.opt.lower() in ("sgd", "nesterov", "momentum"):
-        opt_kwargs["momentum"] = cfg.momentum
-    if lerac is not None and lerac.enabled:
-        params = lerac_param_groups(model, cfg.weight_decay, decay_all=cfg.wd_on_norm_and_bias)
-        optimizer = create_optimizer_v2(params, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay, **opt_kwargs)
-        sched = _scheduler(optimizer, cfg, max(cfg.epochs - lerac.epochs, 1), warmup_epochs=0)
-        return optimizer, LeRaCScheduler(optimizer, sched, lr, lerac.min_ratio, lerac.epochs)
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
-                                    filter_bias_and_bn=not cfg.wd_on_norm_and_bias, **opt_kwargs)
-    return optimizer, _scheduler(optimizer, cfg, max(cfg.epochs, 1), cfg.warmup_epochs)
-
-
-def _scheduler(optimizer: torch.optim.Optimizer, cfg: _TrainCommon, epochs: int, warmup_epochs: int):
-    """timm's scheduler by name, or one of ours (``ilnas.train.schedules``) for the names timm lacks."""
-    if cfg.sched in SCHEDULES:
-        return create_schedule(optimizer, cfg.sched, epochs, warmup_epochs)
-    sched, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=epochs, warmup_epochs=warmup_epochs,
-                                   warmup_lr=cfg.warmup_lr, min_lr=cfg.lr_min, decay_epochs=cfg.decay_epochs,
-                                   decay_rate=cfg.decay_rate)
-    return sched
-
-
-def _group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """``lr`` (the highest) plus, with LeRaC groups, ``lr_g{j}`` per depth group."""
-    row: dict[str, float] = {"lr": max(g["lr"] for g in optimizer.param_groups)}
-    if any(GROUP_KEY in g for g in optimizer.param_groups):
-        per: dict[int, float] = {}
-        for g in optimizer.param_groups:
-            per.setdefault(int(g[GROUP_KEY]), g["lr"])
-        row.update({f"lr_g{j}": per[j] for j in sorted(per)})
-    return row
 
 
 def fit(
@@ -317,7 +202,7 @@ def fit(
             unwrapped.drop_path_prob = getattr(unwrapped, "drop_path_rate", 0.0) * epoch / max(cfg.epochs, 1)
         sampler.set_epoch(epoch)
         loader_gen.manual_seed(cfg.seed * 100019 + epoch)
-        row: dict[str, Any] = {"epoch": epoch + 1, **_group_lrs(optimizer),
+        row: dict[str, Any] = {"epoch": epoch + 1, **group_lrs(optimizer),
                                "drop_path_prob": float(getattr(unwrapped, "drop_path_prob", 0.0))}
 
         ddp_model.train()
@@ -326,7 +211,7 @@ def fit(
         bar = tqdm(train_loader, total=steps, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not progress_enabled(ctx))
         for x, y in bar:
-            x, y = _to_device(x, y, device, channels_last)
+            x, y = to_device(x, y, device, channels_last)
             target = y
             if mixup_fn is not None:
                 x, target = mixup_fn(x, y)

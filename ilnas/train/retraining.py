@@ -26,7 +26,8 @@ from ilnas.train.augment import darts_cifar_transforms, darts_tensor_transform, 
 from ilnas.train.checkpoint import LAST, CheckpointError, check_resume
 from ilnas.train.config import PAPER_RECIPES, RetrainConfig
 from ilnas.train.distributed import setup_distributed
-from ilnas.train.engine import RESUME_IGNORED, EpochCallback, eval_loader, evaluate, fit
+from ilnas.train.engine import RESUME_IGNORED, EpochCallback, fit
+from ilnas.train.evaluation import eval_loader, evaluate
 from ilnas.utils.device import seeded
 from ilnas.utils.io import atomic_write_json, atomic_write_text
 

@@ -30,7 +30,8 @@ from ilnas.train.augment import imagenet_transforms
 from ilnas.train.checkpoint import LAST, CheckpointError, check_resume, load_weights
 from ilnas.train.config import TransferConfig
 from ilnas.train.distributed import setup_distributed
-from ilnas.train.engine import RESUME_IGNORED, EpochCallback, eval_loader, evaluate, fit
+from ilnas.train.engine import RESUME_IGNORED, EpochCallback, fit
+from ilnas.train.evaluation import eval_loader, evaluate
 from ilnas.train.retraining import build_model
 from ilnas.utils.device import seeded
 from ilnas.utils.io import atomic_write_json, atomic_write_text
