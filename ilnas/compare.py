@@ -71,15 +71,17 @@ def select_runs(client: Any, experiment_ids: Sequence[str], filter_string: str =
     return sorted(picked, key=lambda r: run_label(r.data.tags, r.info.run_name or ""))
 
 
-def shared_metrics(runs: Sequence[Any], requested: Sequence[str] = ()) -> list[str]:
-    """``requested`` as given; else the metric names every run has (no empty cells), headline first, then the
-    rest alphabetically, wall-clock timings last."""
+def shared_metrics(runs: Sequence[Any], requested: Sequence[str] = (), every: bool = False) -> list[str]:
+    """``requested`` as given; else the headline metrics every run has (no empty cells); with ``every`` (or when
+    the runs share no headline metric) all the metric names every run has, headline first, timings last."""
     if requested:
         return list(requested)
     if not runs:
         return []
     common = set.intersection(*(set(r.data.metrics) for r in runs))
     head = [m for m in HEADLINE if m in common]
+    if head and not every:
+        return head
     rest = sorted(common - set(head), key=lambda m: (m.endswith(TIMING_SUFFIXES), m))
     return head + rest
 
@@ -162,7 +164,8 @@ class Comparison:
 
 
 def compare(uri: str, experiment: str = "ilnas", filter_string: str = DEFAULT_FILTER, run_ids: Sequence[str] = (),
-            metrics: Sequence[str] = (), figure: str | Path | None = None, max_runs: int = 8) -> Comparison:
+            metrics: Sequence[str] = (), figure: str | Path | None = None, max_runs: int = 8,
+            every: bool = False) -> Comparison:
     """Select, tabulate and (with ``figure``) plot runs of the MLflow store at ``uri``.
 
     Raises :class:`NoRunsError` naming the experiment or filter when nothing matches."""
@@ -176,7 +179,7 @@ def compare(uri: str, experiment: str = "ilnas", filter_string: str = DEFAULT_FI
     runs = select_runs(client, [exp.experiment_id] if exp else [], filter_string, run_ids, max_runs=max_runs)
     if not runs:
         raise NoRunsError(f"no finished run in experiment {experiment!r} matches {filter_string!r} ({uri})")
-    names = shared_metrics(runs, metrics)
+    names = shared_metrics(runs, metrics, every)
     curves = [m for m in names if m in HEADLINE][:2] or names[:2]
     rows = collect(client, runs, names, curves if figure else ())
     title = f"{len(rows)} runs of experiment {experiment!r}" + (f" ({filter_string})" if not run_ids else "")

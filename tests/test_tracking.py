@@ -170,7 +170,7 @@ def test_compare_il_and_darts_side_by_side(tmp_path: Path, mlflow_uri: str) -> N
     from ilnas.cli import app
     from ilnas.compare import compare, log_comparison
 
-    _search_run(mlflow_uri, "pipeline IL old", ("IL", 2, None), {"a": 0.9, "b": 1.1}, [0.1, 0.2])
+    _, il_old = _search_run(mlflow_uri, "pipeline IL old", ("IL", 2, None), {"a": 0.9, "b": 1.1}, [0.1, 0.2])
     il_parent, il = _search_run(mlflow_uri, "pipeline IL", ("IL", 2, None), {"a": 0.9, "b": 1.1},
                                 [0.5, 0.7, 0.874826149])
     _, darts = _search_run(mlflow_uri, "pipeline DARTS", ("DARTS", 1, "darts"), {"digits": 1.0}, [0.4, 0.6, 0.81])
@@ -192,5 +192,9 @@ def test_compare_il_and_darts_side_by_side(tmp_path: Path, mlflow_uri: str) -> N
     out = CliRunner().invoke(app, ["compare", "--tracking-uri", mlflow_uri, "-m", "val_acc/a", il, darts])
     assert out.exit_code == 0, out.output
     assert "| IL K=2 first_order seed 0 | 0.7873 |" in out.output and "| - |" in out.output  # asked for: shown
+    both_il = CliRunner().invoke(app, ["compare", "--tracking-uri", mlflow_uri, il_old, il])
+    assert "| run | val_acc_mean | val_loss_mean | run id |" in both_il.output  # the headline by default
+    both_il = CliRunner().invoke(app, ["compare", "--tracking-uri", mlflow_uri, "--all", il_old, il])
+    assert "| run | val_acc_mean | val_loss_mean | val_acc/a | val_acc/b | run id |" in both_il.output
     missing = CliRunner().invoke(app, ["compare", "--tracking-uri", mlflow_uri, "-e", "nope"])
     assert missing.exit_code == 2 and "no MLflow experiment 'nope'" in missing.output

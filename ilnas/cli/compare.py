@@ -16,7 +16,8 @@ def compare_command(
     filter_string: str = typer.Option("tags.stage = 'search'", "--filter", "-f",
                                       help="MLflow search filter, e.g. \"tags.stage = 'retrain'\""),
     metric: list[str] = typer.Option(None, "--metric", "-m",
-                                     help="metrics to show (default: every metric all runs have, headline first)"),
+                                     help="metrics to show (default: the headline metrics all runs have)"),
+    every: bool = typer.Option(False, "--all", help="every metric all runs have (diagnostics, per-task when shared)"),
     plot: Path | None = typer.Option(None, "--plot", "-p", help="write the per-epoch curves to this PNG"),
     log_to: str | None = typer.Option(None, "--log-to", help="log the table and figure on this run id"),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri",
@@ -33,7 +34,7 @@ def compare_command(
     from ilnas.compare import compare, log_comparison
 
     uri = resolve_uri(Path.cwd(), tracking_uri)
-    result = compare(uri, experiment, filter_string, run_ids or (), metric or (), plot, max_runs)
+    result = compare(uri, experiment, filter_string, run_ids or (), metric or (), plot, max_runs, every)
     typer.echo(result.text, nl=False)
     if result.figure is not None:
         typer.echo(f"figure: {result.figure}")
