@@ -297,11 +297,13 @@ def _number(v: Any) -> float | None:
 
 
 def plot_curves(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None, path: str | os.PathLike,
-                x: str = "epoch", title: str | None = None) -> Path:
+                x: str = "epoch", title: str | None = None,
+                panels: Mapping[str, Sequence[str]] | None = None) -> Path:
     """Per-epoch line curves of ``keys`` from CSV-like rows (values may be strings; blanks are skipped).
 
     Keys sharing a prefix before ``/`` (``val_loss/task_a``, ``val_loss/task_b``) share a panel; with
-    no keys every numeric column but ``x`` is drawn.
+    no keys every numeric column but ``x`` is drawn. ``panels`` (name -> keys) groups them explicitly
+    instead, e.g. train and test loss in one panel.
     """
     if not rows:
         raise ValueError("plot_curves: no rows")
@@ -310,22 +312,26 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None, p
     if not keys:
         raise ValueError(f"plot_curves: no numeric columns besides {x!r}")
     groups: dict[str, list[str]] = {}
+    if panels:
+        groups = {name: [k for k in group if k in keys] for name, group in panels.items()}
+        groups = {name: group for name, group in groups.items() if group}
     for k in keys:
-        groups.setdefault(k.split("/", 1)[0], []).append(k)
+        if not any(k in group for group in groups.values()):
+            groups.setdefault(k.split("/", 1)[0], []).append(k)
     n = len(groups)
     cols = min(n, 2)  # two columns at most: ``dvc plots diff`` puts two revisions side by side
     nrows = -(-n // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.2 * nrows), squeeze=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    for ax, (title, group) in zip(axes.flat, groups.items()):
+    for ax, (name, group) in zip(axes.flat, groups.items()):
         for k in group:
             pts = [(_number(r.get(x, i)), _number(r.get(k))) for i, r in enumerate(rows)]
             pts = [(a, b) for a, b in pts if a is not None and b is not None]
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, marker="o", markersize=3, label=k)
-        ax.set_title(title)
+        ax.set_title(name)
         ax.set_xlabel(x)
         if x == "epoch":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epoch 1, 2, 3 -- never 1.5

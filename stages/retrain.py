@@ -62,8 +62,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         v = viz()
         if v is not None and result.history:
             keys = [k for k in result.history[0] if "loss" in k or "top1" in k]
+            panels = {"loss": [k for k in keys if "loss" in k], "top-1": [k for k in keys if "top1" in k]}
             figure("curves", v.plot_curves, result.history, keys, RETRAIN_OUT / "curves.png",
-                   title=figure_title("retrain", params))
+                   title=figure_title("retrain", params), panels=panels)  # train beside test in each panel
             if (RETRAIN_OUT / "curves.png").exists():
                 trk.log_artifact(RETRAIN_OUT / "curves.png", "figures")  # the artifacts pane lists folders first
         for name in ("metrics.json", "history.csv", "config.json", "genotype.json"):

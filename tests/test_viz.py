@@ -199,3 +199,15 @@ def test_op_colours_differ_from_the_output_edges_grey() -> None:
     colours = [np.array(to_rgb(c)) for c in viz.OP_COLORS.values()]
     assert len(colours) == 8 and all(np.linalg.norm(c - grey) > 0.2 for c in colours)
     assert min(np.linalg.norm(a - b) for i, a in enumerate(colours) for b in colours[i + 1:]) > 0.2
+
+
+def test_curve_panels_put_train_beside_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    figures = []
+    monkeypatch.setattr(viz, "_save", lambda fig, path, dpi=100: figures.append(fig) or Path(path))
+    rows = [{"epoch": e, "train_loss": 1 / e, "test_loss": 1.1 / e, "train_top1": e / 4, "test_top1": e / 5,
+             "lr": 0.1} for e in (1, 2)]
+    keys = ["train_loss", "train_top1", "test_loss", "test_top1", "lr"]
+    viz.plot_curves(rows, keys, tmp_path / "c.png",
+                    panels={"loss": ["train_loss", "test_loss"], "top-1": ["train_top1", "test_top1"]})
+    drawn = [(ax.get_title(), [ln.get_label() for ln in ax.get_lines()]) for ax in figures[0].axes if ax.lines]
+    assert drawn == [("loss", ["train_loss", "test_loss"]), ("top-1", ["train_top1", "test_top1"]), ("lr", ["lr"])]
