@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ilnas.train.config import PAPER_RECIPES
 
 
@@ -47,11 +45,11 @@ def describe(params: Any) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ilnas.params import validate_params
+    from ilnas.params import read_params_file, validate_params
 
     argv = sys.argv[1:] if argv is None else argv
     path = Path(argv[0] if argv else "params.yaml")
-    params = validate_params(yaml.safe_load(path.read_text()), source=str(path))
+    params = validate_params(read_params_file(path), source=str(path))  # bounded read, errors name the file
     print(f"{path}:")
     for line in describe(params):
         print("  " + line)
