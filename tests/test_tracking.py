@@ -198,3 +198,19 @@ def test_compare_il_and_darts_side_by_side(tmp_path: Path, mlflow_uri: str) -> N
     assert "| run | val_acc_mean | val_loss_mean | val_acc/a | val_acc/b | run id |" in both_il.output
     missing = CliRunner().invoke(app, ["compare", "--tracking-uri", mlflow_uri, "-e", "nope"])
     assert missing.exit_code == 2 and "no MLflow experiment 'nope'" in missing.output
+
+
+def test_compared_metrics_lead_with_the_class_count_free_headline() -> None:
+    from types import SimpleNamespace
+
+    from ilnas.compare import shared_metrics
+
+    il = {"val_acc_mean": 0.96, "val_acc_above_chance_mean": 0.95, "val_loss_norm_mean": 0.09, "val_acc/a": 0.9,
+          "lr": 0.01, "epoch_time_s": 80.0}
+    darts = {"val_acc_mean": 0.95, "val_acc_above_chance_mean": 0.94, "val_loss_norm_mean": 0.1,
+             "val_acc/digits": 0.95, "lr": 0.01, "epoch_time_s": 40.0}
+    runs = [SimpleNamespace(data=SimpleNamespace(metrics=m)) for m in (il, darts)]
+    assert shared_metrics(runs) == ["val_acc_above_chance_mean", "val_loss_norm_mean", "val_acc_mean"]
+    assert shared_metrics(runs, every=True) == ["val_acc_above_chance_mean", "val_loss_norm_mean", "val_acc_mean",
+                                                "lr", "epoch_time_s"]  # no per-task names: the tasks differ
+    assert shared_metrics(runs, ["val_acc/a"]) == ["val_acc/a"]
