@@ -29,6 +29,7 @@ CODE_ROOT = Path(__file__).resolve().parents[1]  # the checkout whose code compu
 TRIALS_DIR = Path("runs/study/trials")  # shared by all studies: equal trials are computed once
 PROXY_DIR = Path("runs/proxy")  # proxy evaluations (reference cells, calibrations, the trials' retrainings)
 REPORTS_DIR = Path("reports")
+REFERENCES_DIR = Path("references")  # reference distributions, one file per protocol key (DVC-tracked)
 
 
 @task(name="study-trial", cache_policy=NONE, persist_result=False, retries=0)
@@ -77,17 +78,23 @@ def run_trials(trials: list[dict[str, Any]], trials_dir: str, proxy_cache: str,
     return results
 
 
-def _reference(spec: StudySpec, overrides: list[str], cache: Path, address: str | None, workers: int | None
-               ) -> list[dict[str, Any]] | None:
-    """Evaluate the missing reference cells (seed 0, the study's protocol); every cell's record, or None."""
+def _reference(spec: StudySpec, overrides: list[str], cache: Path, project: Path, address: str | None,
+               workers: int | None) -> list[dict[str, Any]] | None:
+    """The reference distribution: read from ``references/<protocol key>.json`` when it holds every cell, else
+    the missing cells evaluated (seed 0, the study's protocol) and the file written and ``dvc add``-ed."""
     if spec.reference is None:
         return None
-    from ilnas.study.proxy import cached_evaluation
-    from ilnas.study.reference import reference_cells
+    from ilnas.study.proxy import cached_evaluation, protocol_key
+    from ilnas.study.reference import load_reference, reference_cells, save_reference
     from ilnas.study.spec import arm_params
 
     _, params = arm_params(spec, spec.arms[0], overrides)
     protocol = {k: v for k, v in params.retrain.model_dump(mode="json").items() if k != "seed"}
+    path = project / REFERENCES_DIR / f"{protocol_key(protocol)}.json"
+    stored = load_reference(path, spec.reference.cells)
+    if stored is not None:
+        get_run_logger().info("reference: %d random cells from %s", len(stored), path)
+        return stored
     cells = reference_cells(spec.reference.cells, params.search.nodes)
     pending = [(i, g.to_dict()) for i, g in cells if cached_evaluation(cache, protocol, g, 0) is None]
     get_run_logger().info("reference: %d random cells, %d to evaluate", len(cells), len(pending))
@@ -98,7 +105,24 @@ def _reference(spec: StudySpec, overrides: list[str], cache: Path, address: str 
                                                                       spec.trial_resources or None)
         if failures:
             raise RuntimeError(f"{len(failures)} reference evaluation(s) failed: " + "; ".join(failures[:3]))
-    return [{**cached_evaluation(cache, protocol, g, 0), "index": i} for i, g in cells]  # type: ignore[dict-item]
+    records = [{**cached_evaluation(cache, protocol, g, 0), "index": i} for i, g in cells]  # type: ignore[dict-item]
+    save_reference(path, protocol, records)
+    get_run_logger().info("reference: %s", dvc_track(path, project))
+    return records
+
+
+def dvc_track(path: Path, project: Path) -> str:
+    """``dvc add`` the file when ``project`` is a DVC repository (the data goes to DVC's cache and remotes)."""
+    if not (project / ".dvc").is_dir():
+        return f"written to {path} (not a DVC repository: not tracked)"
+    try:
+        from dvc.repo import Repo
+
+        with Repo(str(project)) as repo:
+            repo.add(str(path))
+    except Exception as exc:  # noqa: BLE001 - the file stays; tracking it is a convenience
+        return f"written to {path}; dvc add failed: {type(exc).__name__}: {exc}"
+    return f"written to {path} and tracked by DVC ({path.name}.dvc: commit it; `dvc push` shares the data)"
 
 
 def _calibration(spec: StudySpec, project: Path) -> dict[str, Any] | None:
@@ -160,7 +184,7 @@ def study_flow(spec_path: str, overrides: list[str] | None = None, project_dir: 
     tdir = Path(trials_dir) if trials_dir else project / TRIALS_DIR
     cache = tdir.parent.parent / "proxy" if trials_dir else project / PROXY_DIR
     rdir = (Path(reports_dir) if reports_dir else project / REPORTS_DIR) / spec.name
-    reference = _reference(spec, overrides, cache, address, workers)
+    reference = _reference(spec, overrides, cache, project, address, workers)
     trials = expand_trials(spec, overrides, reference)
     cached = {t.key: r for t in trials if (r := finished_result(tdir, t)) is not None}
     pending = [t for t in trials if t.key not in cached]

@@ -6,6 +6,7 @@ Micro budgets: a trial is a 2-iteration search of a 4-channel, 3-cell supernet a
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -23,15 +24,18 @@ MICRO_STUDY = {
     "search_seeds": [0, 1],
     "retrain_seeds": [0],
     "search_images": 128,
+    "reference": {"cells": 5},
     "base": {
         "device": "cpu",
         "tracking": {"experiment": "micro-study"},
         "search": {"tasks": [{"name": "a", "dataset": "digits", "classes": [0, 1, 2, 3, 4]},
                              {"name": "b", "dataset": "digits", "classes": [5, 6, 7, 8, 9]}],
                    "hypergrad": "first_order", "epochs": 1, "batch_size": 32, "channels": 4, "cells": 3},
-        "retrain": {"epochs": 1, "batch_size": 64, "channels": 4, "cells": 3},
+        "retrain": {"recipe": "darts", "epochs": 1, "batch_size": 64, "channels": 4, "cells": 3, "val_fraction": 0.2,
+                    "auxiliary": False, "drop_path_rate": 0.0, "cutout": 4, "hflip": 0.0},
     },
-    "arms": [{"name": "il", "kind": "search"}, {"name": "random", "kind": "random"}],
+    "arms": [{"name": "il", "kind": "search"}, {"name": "random", "kind": "random"},
+             {"name": "rs", "kind": "random_search", "candidates": 2}],
 }
 
 
@@ -69,31 +73,41 @@ def test_micro_study_end_to_end_and_rerun_runs_nothing(tmp_path: Path, mlflow_ur
 
     spec = write_spec(tmp_path)
     result = run_study(tmp_path, spec, dask_address)
-    assert len(result["ran"]) == 4 and not result["failed"]
+    assert len(result["ran"]) == 6 and not result["failed"]
     summary = json.loads((tmp_path / "reports/micro/summary.json").read_text())
-    for arm in ("il", "random"):
+    for arm in ("il", "random", "rs"):
         assert summary["arms"][arm]["cells"] == 2 and summary["arms"][arm]["n"] == 2
+        assert 0 <= summary["arms"][arm]["percentile"] <= 100  # placed among the 5 reference cells
     assert summary["arms"]["il"]["search_images"] == 128 and summary["arms"]["random"]["search_images"] == 0
-    assert 0 <= summary["arms"]["il"]["vs_baseline"]["p_value"] <= 1
+    assert summary["arms"]["il"]["arch_steps"] == 2 and summary["reference"]["cells"] == 5
+    comps = {(c["arm"], c["other"]): c for c in summary["comparisons"]}
+    assert set(comps) == {("il", "random"), ("rs", "random")}
+    assert all(0 <= c["p_holm"] <= 1 or math.isnan(c["p_holm"]) for c in comps.values())
+    # random search kept the best-validation cell of the reference cells it drew
+    rs = [t for t in summary["trials"] if t["arm"] == "rs"]
+    assert all(len(t["selection"]["candidates"]) == 2 for t in rs)
     report = (tmp_path / "reports/micro/report.md").read_text()
-    assert "Welch" in report and report.count("| il | ") == 3 and report.count("| random | ") == 3
+    assert "## Answer" in report and "Holm" in report and "data:image/png;base64," in report
+    assert "Test split: 359 images" in report
     for fig in ("test_top1.png", "cell_ops.png"):
         assert (tmp_path / "reports/micro/figures" / fig).stat().st_size > 1000
-    # the trial directories hold the library's own outputs
+    # the trial directories hold the search's outputs; retrainings live in the shared proxy cache
     trial = Path(next(t["dir"] for t in summary["trials"] if t["arm"] == "il"))
-    assert (trial / "search/alphas.pt").exists() and (trial / "retrain_seed0/metrics.json").exists()
+    assert (trial / "search/alphas.pt").exists()
+    assert len(list((tmp_path / "runs/proxy").glob("*/*/result.json"))) >= 5 + 2
 
     client = MlflowClient(mlflow_uri)
     parent = client.get_run(result["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["study"] == "micro"
-    assert {"il/test_top1_mean", "random/test_top1_mean", "il/p_vs_random"} <= set(parent.data.metrics)
+    assert {"il/test_top1_mean", "random/test_top1_mean", "il_vs_random/p_holm", "il/percentile"} <= set(
+        parent.data.metrics)
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted((c.data.tags["arm"], c.data.tags["search_seed"]) for c in children) == [
-        ("il", "0"), ("il", "1"), ("random", "0"), ("random", "1")]
+        ("il", "0"), ("il", "1"), ("random", "0"), ("random", "1"), ("rs", "0"), ("rs", "1")]
     names = [set(c.data.metrics) for c in children]
     assert all(n >= {"test_top1", "params", "macs", "search_time_s", "search_images"} for n in names)
-    assert {c.data.tags["strategy"] for c in children} == {"interleaving", "random"}
+    assert {c.data.tags["strategy"] for c in children} == {"interleaving", "random", "random_search"}
 
     # Prefect: the report is the flow's markdown artifact; the trials ran as task runs on the Dask workers,
     # reported to this same API (not to a temporary server of each worker)
@@ -105,12 +119,17 @@ def test_micro_study_end_to_end_and_rerun_runs_nothing(tmp_path: Path, mlflow_ur
             flow_run_id=ArtifactFilterFlowRunId(any_=[result["flow_run_id"]])))
         task_runs = prefect.read_task_runs(task_run_filter=TaskRunFilter(
             name=TaskRunFilterName(any_=["trial-il-s0", "trial-il-s1", "trial-random-s0", "trial-random-s1"])))
-    assert [a.key for a in artifacts] == ["ilnas-study-micro"] and "Welch" in str(artifacts[0].data)
+    assert [a.key for a in artifacts] == ["ilnas-study-micro"] and "data:image/png;base64," in str(artifacts[0].data)
     assert len({t.name for t in task_runs if t.state_type.value == "COMPLETED"}) == 4
 
+    # a rerun computes nothing, keeps the report byte for byte and adds no MLflow run
+    before = (tmp_path / "reports/micro/report.md").read_bytes()
+    runs_before = len(client.search_runs([parent.info.experiment_id], max_results=1000))
     again = run_study(tmp_path, spec, dask_address)
-    assert again["ran"] == [] and not again["failed"]
-    assert "reused 4 finished" in (tmp_path / "reports/micro/report.md").read_text()
+    assert again["ran"] == [] and not again["failed"] and not again["report_changed"]
+    assert (tmp_path / "reports/micro/report.md").read_bytes() == before
+    assert len(client.search_runs([parent.info.experiment_id], max_results=1000)) == runs_before
+    assert again["parent_run_id"] == result["parent_run_id"]
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -150,7 +169,7 @@ def test_failed_trial_is_reported_and_the_others_complete(tmp_path: Path, mlflow
     result = run_study(tmp_path, write_spec(tmp_path, arms=arms, search_seeds=[0]), dask_address)
     assert len(result["failed"]) == 1 and len(result["ran"]) == 2
     report = (tmp_path / "reports/micro/report.md").read_text()
-    assert "## Failed trials" in report and "SearchDivergedError" in report
+    assert "- failed: `diverges`" in report and "SearchDivergedError" in report
     summary = result["summary"]["arms"]
     assert summary["diverges"]["failed"] == 1 and summary["random"]["cells"] == 1
     client = MlflowClient(mlflow_uri)
@@ -167,7 +186,13 @@ def test_bad_spec_fails_before_any_trial(tmp_path: Path) -> None:
     with pytest.raises(StudySpecError, match=r"arms\.il: search\.channels"):
         run_study(tmp_path, write_spec(tmp_path, arms=arms))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()
+    home = tmp_path / "prefect-home"
+    started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "flows.study", str(write_spec(tmp_path, search_seeds=[])),
-                           "--project-dir", str(tmp_path), "--no-track"], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
-    assert proc.returncode == 2 and "search_seeds" in proc.stderr
+                           "--project-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(home)}, timeout=300)
+    assert proc.returncode == 2 and "search_seeds" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") <= 6 and time.monotonic() - started < 60
+    # validated before Prefect is imported: no Prefect state, no MLflow store, no report, nothing else
+    assert not home.exists() and not (tmp_path / "mlflow.db").exists() and not (tmp_path / "reports").exists()
+    assert "prefect" not in proc.stdout.lower()

@@ -29,7 +29,7 @@ def spec_data(**changes) -> dict:
                  "retrain": {"epochs": 1, "channels": 4, "cells": 3}},
         "arms": [{"name": "il", "kind": "search"},
                  {"name": "darts", "kind": "search",
-                  "params": {"search": {"tasks": [{"name": "all", "dataset": "digits"}]}}},
+                  "params": {"search": {"tasks": [{"name": "all", "dataset": "digits"}], "batch_size": 64}}},
                  {"name": "random", "kind": "random"},
                  {"name": "darts_v2", "kind": "genotype", "genotype": "DARTS_V2"}],
     }
@@ -50,6 +50,17 @@ def spec_data(**changes) -> dict:
     ({"arms": [{"name": "random", "kind": "random"},
                {"name": "il", "params": {"retrain": {"epochs": -1}}}]}, "arms.il: retrain.epochs"),
     ({"arms": [{"name": "random", "kind": "bogus"}]}, "arms[0].kind"),
+    ({"arms": [{"name": "random", "kind": "random"}, {"name": "il"},
+               {"name": "d", "params": {"search": {"tasks": [{"name": "all", "dataset": "digits"}]}}}]},
+     "different numbers of architecture steps (il: 6 steps of 64 images, d: 12 steps of 32 images)"),
+    ({"arms": [{"name": "random", "kind": "random"}, {"name": "rs", "kind": "random_search", "candidates": 3}]},
+     "reference: kind random_search samples the reference distribution"),
+    ({"arms": [{"name": "random", "kind": "random"}, {"name": "rs", "kind": "random"}], "contrasts": [["rs", "x"]]},
+     "contrasts: ['rs', 'x'] must name two different arms"),
+    ({"reference": {"cells": 10},
+      "base": {"device": "cpu", "search": {"tasks": TWO_TASKS, "batch_size": 32, "epochs": 1},
+               "retrain": {"recipe": "darts", "val_fraction": 0.0}}},
+     "base.retrain.val_fraction: 0.0; the reference distribution"),
 ])
 def test_bad_spec_names_the_key(change: dict, key: str) -> None:
     with pytest.raises(StudySpecError) as info:
@@ -68,12 +79,13 @@ def test_override_applies_to_every_trial_and_is_validated(tmp_path: Path) -> Non
 
 
 def test_search_budget_is_images_seen() -> None:
-    """IL with K = 2 draws 2 batches per iteration, DARTS 1: iterations differ, images match."""
+    """IL with K = 2 draws 2 batches of 32 per iteration, DARTS 1 of 64: images and architecture steps match."""
     spec = validate_spec(spec_data())
     trials = {t.arm: t for t in expand_trials(spec) if t.search_seed == 0}
     assert trials["il"].params["search"]["iterations_per_epoch"] == 6
-    assert trials["darts"].params["search"]["iterations_per_epoch"] == 12
+    assert trials["darts"].params["search"]["iterations_per_epoch"] == 6
     assert trials["il"].search_images == trials["darts"].search_images == 384
+    assert trials["il"].arch_steps == trials["darts"].arch_steps == 6
     assert trials["random"].search_images == 0
 
 
@@ -109,19 +121,18 @@ def test_random_cells_are_seeded_and_cover_the_space() -> None:
     assert len({tuple(i for _, i in c.normal[6:8]) for c in cells}) == 10
 
 
-def test_statistics_match_scipy() -> None:
+def test_statistics_match_scipy_on_cell_means() -> None:
     from scipy import stats
 
     a, b = [0.91, 0.93, 0.92, 0.95], [0.80, 0.85, 0.83]
-    s = summarize("a", a)
-    assert math.isclose(s.mean, 0.9275) and math.isclose(s.std, stats.tstd(a))
-    half = stats.t.ppf(0.975, 3) * stats.tstd(a) / 2
-    assert math.isclose(s.ci95_low, 0.9275 - half) and math.isclose(s.ci95_high, 0.9275 + half)
-    c = compare("a", a, "b", b)
+    s = summarize("a", [[x] for x in a])
+    assert math.isclose(s.mean, 0.9275) and math.isclose(s.std, stats.tstd(a)) and s.cells == 4
+    assert s.ci95_low < 0.9275 < s.ci95_high <= 1.0
+    c = compare("a", [[x, x] for x in a], "b", [[x] for x in b])  # retrain seeds of one cell are one sample
     ref = stats.ttest_ind(a, b, equal_var=False)
     assert math.isclose(c.p_value, ref.pvalue) and c.p_value < 0.05
     assert math.isclose(c.diff, 0.9275 - 0.8266666, rel_tol=1e-5)
-    assert math.isnan(compare("a", [0.9], "b", b).p_value)
+    assert math.isnan(compare("a", [[0.9]], "b", [[x] for x in b]).p_value)
 
 
 @pytest.mark.parametrize("name", ["study.yaml", "study_cifar.yaml"])

@@ -69,7 +69,7 @@ def detectable(spec: dict[str, Any], results: list[dict[str, Any]], comparisons_
 def _pct(row: dict[str, Any]) -> str:
     if math.isnan(row.get("percentile", math.nan)):
         return ""
-    return (f", at the {row['percentile']:.0f}th percentile of random cells "
+    return (f", percentile {row['percentile']:.0f} among random cells "
             f"[{row['percentile_ci95_low']:.0f}, {row['percentile_ci95_high']:.0f}]")
 
 

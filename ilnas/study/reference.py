@@ -10,6 +10,8 @@ reads the reference's numbers, and only on validation.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,3 +48,21 @@ def reference_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
             out[split] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                           **{f"p{p}": float(v) for p, v in zip((5, 25, 50, 75, 95), q, strict=True)}}
     return out
+
+
+def load_reference(path: Path, cells: int) -> list[dict[str, Any]] | None:
+    """The stored reference when it holds at least ``cells`` cells (its first ``cells``), else None."""
+    try:
+        records = json.loads(path.read_text())["records"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return records[:cells] if len(records) >= cells else None
+
+
+def save_reference(path: Path, protocol: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """Write the reference distribution (atomically), with its protocol and the retraining code's version."""
+    from ilnas.study.proxy import retrain_code_version
+    from ilnas.utils.io import atomic_write_json
+
+    atomic_write_json(path, {"protocol": protocol, "retrain_code": retrain_code_version(),
+                             "summary": reference_summary(records), "records": records})

@@ -236,9 +236,12 @@ def validate_spec(data: Any, source: str = "study", overrides: Sequence[str] = (
 
 
 def architecture_steps(params: PipelineParams) -> int:
-    """Architecture steps a search makes: one per iteration after the weight warm-up epochs."""
+    """Architecture steps a search makes: one per iteration after the weight warm-up epochs, or its budget
+    ``search.arch_steps`` (spread over those iterations)."""
     s = params.search
-    return max(0, s.epochs - s.warmup_epochs) * (s.iterations_per_epoch or 0)
+    eligible = max(0, s.epochs - s.warmup_epochs) * (s.iterations_per_epoch or 0)
+    budget = getattr(s, "arch_steps", None)
+    return min(budget, eligible) if budget is not None else eligible
 
 
 def _protocol_problems(spec: StudySpec, params: PipelineParams) -> list[str]:
