@@ -12,7 +12,8 @@ import yaml
 from ilnas.params import ParamsError, apply_overrides, load_params, validate_params
 
 REPO = Path(__file__).resolve().parents[1]
-PRESETS = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("study"))  # study_*: specs
+PRESETS = sorted(p for p in (REPO / "configs").glob("*.yaml")  # study* and calibration*: specs, not params
+                 if not p.name.startswith(("study", "calibration")))
 
 
 def test_committed_params_validate_and_share_seed() -> None:
