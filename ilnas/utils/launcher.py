@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-WATCH_INTERVAL_S = 0.5
+WATCH_INTERVAL_S = 0.2  # a getppid() call five times a second
 _WATCHED: dict[str, int] = {}
 
 
