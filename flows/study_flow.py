@@ -95,7 +95,7 @@ def _reference(spec: StudySpec, overrides: list[str], cache: Path, project: Path
     if stored is not None:
         get_run_logger().info("reference: %d random cells from %s", len(stored), path)
         return stored
-    cells = reference_cells(spec.reference.cells, params.search.nodes)
+    cells = reference_cells(spec.reference.cells, params.search.nodes, tuple(params.search.primitives))
     pending = [(i, g.to_dict()) for i, g in cells if cached_evaluation(cache, protocol, g, 0) is None]
     get_run_logger().info("reference: %d random cells, %d to evaluate", len(cells), len(pending))
     if pending:

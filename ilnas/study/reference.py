@@ -22,8 +22,9 @@ from ilnas.study.sampling import reference_genotype
 SEARCH_SALT = 0x5EA4
 
 
-def reference_cells(cells: int, nodes: int) -> list[tuple[int, Genotype]]:
-    return [(i, reference_genotype(i, nodes)) for i in range(cells)]
+def reference_cells(cells: int, nodes: int, space: tuple[str, ...] | None = None) -> list[tuple[int, Genotype]]:
+    """The reference's cells ``0..cells-1`` of the searched space (default the DARTS 8)."""
+    return [(i, reference_genotype(i, nodes, *((space,) if space else ()))) for i in range(cells)]
 
 
 def random_search_pick(records: list[dict[str, Any]], candidates: int, seed: int) -> dict[str, Any]:

@@ -2,16 +2,16 @@
 
 A derived DARTS cell gives every intermediate node two distinct inputs among its predecessors (the two
 cell inputs and the earlier nodes) and one non-``none`` operation per input. Sampling the input pair
-uniformly among the pairs and each op uniformly among ``DERIVED_PRIMITIVES`` is uniform over exactly the
-cells ``derive_genotype`` can produce.
+uniformly among the pairs and each op uniformly among the space's non-``none`` ops (``search.primitives``;
+default the DARTS 8) is uniform over exactly the cells ``derive_genotype`` can produce from that space.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ilnas.space.genotype import DERIVED_PRIMITIVES, EDGES_PER_NODE, Edge, Genotype
-from ilnas.space.ops import PRIMITIVES
+from ilnas.space.genotype import EDGES_PER_NODE, Edge, Genotype
+from ilnas.space.primitives import PRIMITIVES, check_primitives, derived_primitives
 
 # fixed salts so the random arm's stream differs from every other use of the search seed, and the reference
 # distribution's cells (indices 0..N-1) from the random arm's
@@ -19,12 +19,10 @@ SALT = 0x5EED
 REFERENCE_SALT = 0x4EF0
 
 
-def sample_genotype(seed: int, nodes: int = 4, primitives: tuple[str, ...] = DERIVED_PRIMITIVES,
-                    salt: int = SALT) -> Genotype:
-    """A uniformly random normal and reduction cell; the same ``seed`` (and ``salt``) always gives the same cell."""
-    unknown = [p for p in primitives if p not in PRIMITIVES or p == "none"]
-    if unknown or not primitives:
-        raise ValueError(f"primitives: {unknown or 'empty'} not allowed; allowed: {list(DERIVED_PRIMITIVES)}")
+def sample_genotype(seed: int, nodes: int = 4, space: tuple[str, ...] = PRIMITIVES, salt: int = SALT) -> Genotype:
+    """A uniformly random normal and reduction cell of ``space`` (the searched primitives); the same ``seed``
+    (and ``salt``) always gives the same cell."""
+    primitives = derived_primitives(check_primitives(space, "primitives"))
     if nodes < 1:
         raise ValueError(f"nodes: got {nodes}; allowed: >= 1")
     rng = np.random.default_rng([salt, int(seed)])
@@ -38,9 +36,9 @@ def sample_genotype(seed: int, nodes: int = 4, primitives: tuple[str, ...] = DER
 
     concat = tuple(range(2, 2 + nodes))
     normal = cell()
-    return Genotype(normal=normal, normal_concat=concat, reduce=cell(), reduce_concat=concat)
+    return Genotype(normal=normal, normal_concat=concat, reduce=cell(), reduce_concat=concat, primitives=tuple(space))
 
 
-def reference_genotype(index: int, nodes: int = 4, primitives: tuple[str, ...] = DERIVED_PRIMITIVES) -> Genotype:
+def reference_genotype(index: int, nodes: int = 4, space: tuple[str, ...] = PRIMITIVES) -> Genotype:
     """Cell ``index`` of the reference distribution of random cells (the same sampler, its own stream)."""
-    return sample_genotype(index, nodes, primitives, salt=REFERENCE_SALT)
+    return sample_genotype(index, nodes, space, salt=REFERENCE_SALT)

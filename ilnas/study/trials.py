@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ilnas.params import PipelineParams
+from ilnas.space.primitives import PRIMITIVES
 from ilnas.study.reference import random_search_pick
 from ilnas.study.sampling import sample_genotype
 from ilnas.study.spec import (
@@ -101,7 +102,8 @@ def expand_trials(spec: StudySpec, overrides: Sequence[str] = (),
             params = PipelineParams.model_validate(trial_data).model_dump(mode="json")
             genotype, selection = None, None
             if arm.kind == "random":
-                genotype = sample_genotype(seed, params["search"]["nodes"]).to_dict()
+                genotype = sample_genotype(seed, params["search"]["nodes"],
+                                           tuple(params["search"].get("primitives") or PRIMITIVES)).to_dict()
             elif arm.kind == "genotype":
                 genotype = resolve_genotype(arm.genotype).to_dict()  # type: ignore[arg-type]
             elif arm.kind == "random_search":
