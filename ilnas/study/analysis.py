@@ -34,7 +34,9 @@ def arm_row(arm: dict[str, Any], results: list[dict[str, Any]], reference: list[
     row: dict[str, Any] = {"kind": arm.get("kind", "search"), **stats.summarize(name, values, failed).to_dict()}
     ok = [r for r in results if r["arm"] == name and r["status"] == "ok"]
     runs = [run for r in ok for run in r["retrains"]]
-    row |= {"test_loss_mean": _mean([run["test_loss"] for run in runs]),
+    vals = [run["val_top1"] for run in runs if run.get("val_top1") is not None]
+    row |= {"val_top1_mean": _mean(vals),  # what a choice between arms (a remedy, a default) may read
+            "test_loss_mean": _mean([run["test_loss"] for run in runs]),
             "params": _mean([run["params"] for run in runs]), "macs": _mean([run["macs"] for run in runs]),
             "search_time_s": _mean([r.get("search_time_s", 0.0) for r in ok]),
             "search_images": _mean([r.get("search_images", 0) for r in ok]),

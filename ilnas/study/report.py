@@ -92,12 +92,13 @@ def _figures(out: Path, spec: dict[str, Any], trials: list[Trial], results: list
 
 def _results_table(spec: dict[str, Any], arms: dict[str, dict[str, Any]], comps: list[dict[str, Any]]) -> list[str]:
     others = list(dict.fromkeys(c["other"] for c in comps))
-    head = ["arm", "kind", "cells ok/failed", "test top-1 mean [95 % CI]", "percentile among random cells [95 % CI]"]
+    head = ["arm", "kind", "cells ok/failed", "val top-1 (for choices)", "test top-1 mean [95 % CI]",
+            "percentile among random cells [95 % CI]"]
     head += [f"vs {o}: diff [95 % CI], g, Holm p" for o in others]
     head += ["search images", "arch steps", "search s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, a in arms.items():
-        row = [name, a["kind"], f"{a['cells']}/{a['failed']}",
+        row = [name, a["kind"], f"{a['cells']}/{a['failed']}", _f(a.get("val_top1_mean")),
                f"{_f(a['mean'])} [{_f(a['ci95_low'])}, {_f(a['ci95_high'])}]",
                f"{_f(a.get('percentile'), '.0f')} [{_f(a.get('percentile_ci95_low'), '.0f')}, "
                f"{_f(a.get('percentile_ci95_high'), '.0f')}]" if "percentile" in a else "n/a"]

@@ -31,7 +31,8 @@ from ilnas.study.spec import (
 
 # modules that only summarize or display: editing them must not invalidate finished trials
 NOT_IN_CODE_VERSION = ("study/report.py", "study/stats.py", "study/tracking.py", "study/spec.py", "viz.py",
-                       "tracking.py", "cli.py", "study/calibration.py", "study/figures.py", "study/reference.py")
+                       "tracking.py", "cli.py", "study/calibration.py", "study/figures.py", "study/reference.py",
+                       "study/analysis.py", "study/place.py")
 PACKAGE = Path(__file__).resolve().parents[1]
 
 
