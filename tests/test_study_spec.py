@@ -135,7 +135,7 @@ def test_statistics_match_scipy_on_cell_means() -> None:
     assert math.isnan(compare("a", [[0.9]], "b", [[x] for x in b]).p_value)
 
 
-@pytest.mark.parametrize("name", ["study.yaml", "study_cifar.yaml"])
+@pytest.mark.parametrize("name", ["study.yaml", "study_cifar.yaml", "study_remedies.yaml"])
 def test_shipped_study_specs_validate(name: str) -> None:
     spec = load_spec(Path(__file__).resolve().parents[1] / "configs" / name)
     trials = expand_trials(spec)  # random_search arms wait for the reference distribution
