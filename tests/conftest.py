@@ -105,12 +105,15 @@ def init_repo(root: Path, files: dict[str, str] | None = None, copy_project: boo
     return root
 
 
-# `make test-fast` runs `-m "not slow"`: these files start a Prefect server, run the pipeline or a study through
-# DVC, start several ranks under torchrun, kill and resume processes, or import every stage in a fresh interpreter
+# `make test-fast` runs `-m "not slow"`: these files start a Prefect server or a browser, run the pipeline or a
+# study through DVC, start several ranks under torchrun, kill and resume processes, import every stage in a
+# fresh interpreter, or run real searches and retrainings (seconds to a minute each on one core)
 SLOW_FILES = {
     "test_pipeline.py", "test_flows.py", "test_flows_deploy.py", "test_faults_messages.py", "test_faults_kill.py",
-    "test_faults_tracking.py", "test_faults_files.py", "test_lineage.py", "test_study.py", "test_search_ddp.py",
-    "test_ddp.py", "test_dvc_deps.py", "test_train_cli.py",
+    "test_faults_tracking.py", "test_faults_files.py", "test_faults_torchrun.py", "test_lineage.py", "test_study.py",
+    "test_search_ddp.py", "test_ddp.py", "test_dvc_deps.py", "test_train_cli.py", "test_browser.py",
+    "test_search_core.py", "test_search_trust.py", "test_lfm.py", "test_remedies_steps.py", "test_diagnostics.py",
+    "test_selection.py", "test_train.py", "test_transfer.py", "test_lerac.py",
 }
 
 
