@@ -133,7 +133,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
 def test_ranks_stop_when_torchrun_is_killed_and_the_checkpoint_stays(tmp_path: Path) -> None:
     cfg = tmp_path / "search.yaml"
-    longer = TINY.replace("epochs: 1, iterations_per_epoch: 1", "epochs: 20, iterations_per_epoch: 20")
+    longer = TINY.replace("epochs: 1, iterations_per_epoch: 1", "epochs: 20, iterations_per_epoch: 6")
     cfg.write_text(f"seed: 3\ndevice: cpu\nsearch: {longer}\n")
     log = tmp_path / "torchrun.log"  # a file, not a pipe: nobody has to read it for the ranks to go on writing
     with log.open("w") as out:
@@ -142,15 +142,19 @@ def test_ranks_stop_when_torchrun_is_killed_and_the_checkpoint_stays(tmp_path: P
     checkpoint = tmp_path / "out" / "checkpoint.pt"
     ranks: list[int] = []
     try:
-        deadline = time.monotonic() + 400
+        deadline = time.monotonic() + 500
         while not checkpoint.exists():
             assert launcher.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.02)
         ranks = _children(launcher.pid)
+        assert len(ranks) == 2, ranks
+        for pid in ranks:  # held still while the launcher dies, so that no epoch ends between the kill and the
+            os.kill(pid, signal.SIGSTOP)  # snapshot, however fast the machine (the ranks notice on their own)
         launcher.send_signal(signal.SIGKILL)  # no cleanup: what an OOM killer or a lost session does
         launcher.wait(30)
-        snapshot = checkpoint.read_bytes()  # the next checkpoint is a whole epoch away
-        assert len(ranks) == 2, ranks
+        snapshot = checkpoint.read_bytes()
+        for pid in ranks:
+            os.kill(pid, signal.SIGCONT)
         stop = time.monotonic() + 10
         while any(_alive(pid) for pid in ranks) and time.monotonic() < stop:
             time.sleep(0.1)
