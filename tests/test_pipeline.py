@@ -187,7 +187,7 @@ def test_il_and_darts_compare_by_tags(project: Path, capsys: pytest.CaptureFixtu
     assert (project / "params.yaml").read_bytes() == params
     printed = capsys.readouterr().out  # the end of `make run`: where to look
     assert "Prefect run:  http://127.0.0.1:4200/runs/flow-run/" in printed
-    assert "MLflow run:   http://127.0.0.1:5000/#/experiments/" in printed and "dvc exp apply darts" in printed
+    assert "this run:     http://127.0.0.1:5000/#/experiments/" in printed and "dvc exp apply darts" in printed
     darts = _experiments(project)["darts"]
     assert darts["params"]["params.yaml"]["data"]["search"]["tasks"] == [{"name": "digits", "dataset": "digits"}]
     assert "val_loss_mean" in darts["metrics"]["metrics/search.json"]["data"]
