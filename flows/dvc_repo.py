@@ -57,10 +57,12 @@ class StageInfo:
 
 
 def read_dag(project: str | Path) -> list[StageInfo]:
-    """The stages in dependency order (DVC's graph; ties keep dvc.yaml's order)."""
+    """The pipeline stages in dependency order (DVC's graph; ties keep dvc.yaml's order). Data tracked with
+    ``dvc add`` (a ``.dvc`` file, e.g. a study's reference distribution) is no stage of the pipeline."""
     import networkx as nx
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
+    from dvc.stage import PipelineStage
 
     with Repo(str(project)) as repo:
         stages = list(repo.index.stages)
@@ -70,6 +72,8 @@ def read_dag(project: str | Path) -> list[StageInfo]:
                                                              key=lambda s: f"{position.get(id(s), 0):06d}")
         out: list[StageInfo] = []
         for stage in upstream_first:
+            if not isinstance(stage, PipelineStage):
+                continue
             info = StageInfo(stage.name)
             for dep in stage.deps:
                 if isinstance(dep, ParamsDependency) and Path(dep.def_path).name == "params.yaml":
