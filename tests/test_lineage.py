@@ -19,9 +19,9 @@ from PIL import Image
 from tests.conftest import MICRO_PARAMS, init_repo
 
 OUTS = ["data/prepared/x", "data/imagefolder/x", "models/search/x", "metrics/search_history.csv",
-        "metrics/search.json", "models/genotype.json", "models/cells/x", "metrics/derive.json", "models/retrain/x",
-        "metrics/retrain_history.csv", "metrics/retrain.json", "models/transfer/x", "metrics/transfer_history.csv",
-        "metrics/transfer.json", "metrics/prepare.json"]
+        "metrics/search.json", "models/genotype.json", "models/cells/x", "models/search_figures/x",
+        "metrics/derive.json", "models/retrain/x", "metrics/retrain_history.csv", "metrics/retrain.json",
+        "models/transfer/x", "metrics/transfer_history.csv", "metrics/transfer.json", "metrics/prepare.json"]
 
 
 def test_changed_image_marks_the_stages_that_read_it(tmp_path: Path) -> None:
