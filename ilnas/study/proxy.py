@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ilnas.space.genotype import Genotype
+from ilnas.utils.fingerprint import json_digest, source_digest
 from ilnas.utils.io import atomic_write_json
 
 RESULT = "result.json"
@@ -39,12 +40,9 @@ class ProtocolError(ValueError):
 @lru_cache(maxsize=1)
 def retrain_code_version() -> str:
     """Hash of the sources a retraining runs (``RETRAIN_CODE`` under ``ilnas/``)."""
-    digest = hashlib.sha256()
-    for part in RETRAIN_CODE:
-        root = PACKAGE / part
-        for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
-            digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
+    files = [path for part in RETRAIN_CODE
+             for path in (sorted((PACKAGE / part).rglob("*.py")) if (PACKAGE / part).is_dir() else [PACKAGE / part])]
+    return source_digest(PACKAGE, files)
 
 
 def validate_protocol(protocol: dict[str, Any], where: str = "protocol") -> dict[str, Any]:
@@ -68,7 +66,7 @@ def validate_protocol(protocol: dict[str, Any], where: str = "protocol") -> dict
 
 def protocol_key(protocol: dict[str, Any]) -> str:
     payload = {"protocol": validate_protocol(protocol), "code": retrain_code_version()}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return json_digest(payload)
 
 
 def cell_key(genotype: Genotype) -> str:

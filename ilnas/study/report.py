@@ -8,7 +8,6 @@ results did not change leaves every file as it was (``fingerprint`` over the res
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from ilnas.study import analysis, figures
 from ilnas.study.reference import reference_summary
 from ilnas.study.stats import TEST_NAME
 from ilnas.study.trials import Trial
+from ilnas.utils.fingerprint import json_digest
 from ilnas.utils.io import atomic_write_json, atomic_write_text
 
 SHORT = {"max_pool_3x3": "max3", "avg_pool_3x3": "avg3", "skip_connect": "skip", "sep_conv_3x3": "sep3",
@@ -50,7 +50,7 @@ def fingerprint(summary: dict[str, Any]) -> str:
         if isinstance(x, list):
             return [strip(v) for v in x]
         return x
-    return hashlib.sha256(json.dumps(strip(summary), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(strip(summary), 16)
 
 
 def _curves(trials: list[Trial], results: list[dict[str, Any]]) -> dict[str, list[dict[str, list[float]]]]:

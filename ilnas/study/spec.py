@@ -22,8 +22,6 @@ split (``val_fraction > 0``) that selections read, so the test split is only rea
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +35,7 @@ from ilnas.params import (
     apply_overrides,
     format_validation_error,
 )
+from ilnas.utils.fingerprint import json_digest
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # the effective retrain seed of the pair (search seed s, retrain seed r): every arm uses the same pairs, and a
@@ -174,7 +173,7 @@ def images_per_iteration(params: PipelineParams) -> int:
 
 def spec_hash(spec: StudySpec, overrides: Sequence[str] = ()) -> str:
     payload = {"spec": spec.model_dump(mode="json"), "overrides": list(overrides)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return json_digest(payload)
 
 
 def _error_lines(exc: ValidationError, root: type[BaseModel], prefix: str = "") -> list[str]:

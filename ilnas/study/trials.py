@@ -8,8 +8,6 @@ trial share its result. The arm's name is not part of the key: renaming an arm r
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -28,6 +26,7 @@ from ilnas.study.spec import (
     images_per_iteration,
     resolve_genotype,
 )
+from ilnas.utils.fingerprint import json_digest, source_digest
 
 # modules that only summarize or display: editing them must not invalidate finished trials
 NOT_IN_CODE_VERSION = ("study/report.py", "study/stats.py", "study/tracking.py", "study/spec.py", "viz.py",
@@ -39,18 +38,14 @@ PACKAGE = Path(__file__).resolve().parents[1]
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """Hash of the library's source (``ilnas/**/*.py`` minus display-only modules): what computes a trial."""
-    digest = hashlib.sha256()
-    for path in sorted(PACKAGE.rglob("*.py")):
-        rel = path.relative_to(PACKAGE).as_posix()
-        if rel in NOT_IN_CODE_VERSION or "__pycache__" in rel:
-            continue
-        digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
+    files = [p for p in sorted(PACKAGE.rglob("*.py"))
+             if (rel := p.relative_to(PACKAGE).as_posix()) not in NOT_IN_CODE_VERSION and "__pycache__" not in rel]
+    return source_digest(PACKAGE, files)
 
 
 def trial_key(config: dict[str, Any], code: str | None = None) -> str:
     payload = {"config": config, "code": code or code_version()}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(payload, 16)
 
 
 @dataclass
