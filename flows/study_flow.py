@@ -9,6 +9,7 @@ is the library: :func:`ilnas.study.trial.run_trial` (search -> derive -> retrain
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -24,6 +25,7 @@ from flows.engine import Progress, annotated, dask_runner, gather, proxy_task, s
 from ilnas.study.spec import StudySpec, load_spec, spec_hash
 from ilnas.study.trials import Trial, code_version, expand_trials
 from ilnas.tracking import git_commit, telemetry_off, tracking_uri
+from ilnas.utils.io import atomic_write_json
 
 CODE_ROOT = Path(__file__).resolve().parents[1]  # the checkout whose code computes the trials
 TRIALS_DIR = Path("runs/study/trials")  # shared by all studies: equal trials are computed once
@@ -57,9 +59,13 @@ def evaluate_reference(jobs: list[tuple[int, dict[str, Any]]], protocol: dict[st
 
 
 @flow(name="ilnas-study-trials", persist_result=False)
-def run_trials(trials: list[dict[str, Any]], trials_dir: str, proxy_cache: str,
+def run_trials(pending_file: str, trials_dir: str, proxy_cache: str,
                resources: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    """Submit every pending trial to the task runner (Dask); collect results as they finish."""
+    """Submit every pending trial to the task runner (Dask); collect results as they finish.
+
+    The trials come as a file, not as a parameter: Prefect refuses flow-run parameters over 512 KB, which a
+    study of ~80 trials (each with its full params) passes."""
+    trials = json.loads(Path(pending_file).read_text())
     futures = {}
     for t in trials:
         with annotated(resources):
@@ -198,8 +204,10 @@ def study_flow(spec_path: str, overrides: list[str] | None = None, project_dir: 
     results = [{**r, "ran": False} for r in cached.values()]
     if pending:
         share_api_url()
+        pending_file = atomic_write_json(tdir / "pending" / f"{provenance['spec_hash']}.json",
+                                         [t.to_dict() for t in pending])
         runner = run_trials.with_options(task_runner=dask_runner(address, workers, spec.trial_resources or None))
-        results += runner([t.to_dict() for t in pending], str(tdir), str(cache), spec.trial_resources or None)
+        results += runner(str(pending_file), str(tdir), str(cache), spec.trial_resources or None)
     provenance["wall_s"] = round(time.perf_counter() - started, 1)
     path, markdown, summary, changed = write_report(
         rdir, spec.model_dump(mode="json"), spec.family(), trials, results, provenance, reference,
