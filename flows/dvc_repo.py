@@ -1,11 +1,11 @@
 """What the flow asks DVC, through DVC's own interfaces (never by parsing dvc.yaml or DVC's English output).
 
 * the stage DAG and its order: the repo index (``Repo.index.graph``, a networkx graph of stages);
-* whether a stage has anything to do: ``dvc status --json <stage>`` (``{}`` when up to date);
-* whether DVC will restore it from the run cache instead of running it: ``StageCache.restore(dry=True)``,
-  the call ``dvc repro --dry`` makes;
+* whether a stage has anything to do: ``Repo.status`` (``{}`` when up to date);
+* whether DVC will restore it from the run cache instead of running it: the run-cache lookup ``dvc repro``
+  makes (two private ``StageCache`` methods, fenced to DVC 3 and tested: :func:`restorable`);
 * param overrides: ``dvc.utils.hydra.apply_overrides``, the code behind ``dvc exp run -S``;
-* turning a finished workspace run into an experiment: ``dvc exp save``.
+* turning a finished workspace run into an experiment: ``dvc.api.exp_save``.
 
 DVC's CLI is launched through :data:`DVC_LAUNCH` (DVC's own ``main``) with one logger quietened: the
 "To track the changes with git, run: git add dvc.lock" hint DVC prints after every stage.
@@ -13,11 +13,11 @@ DVC's CLI is launched through :data:`DVC_LAUNCH` (DVC's own ``main``) with one l
 
 from __future__ import annotations
 
-import json
+import contextlib
 import re
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,32 +105,53 @@ def missing_params(dag: Sequence[StageInfo], data: dict[str, Any]) -> list[str]:
 
 
 # -- status ---------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _repo_at(project: Path) -> Iterator[Any]:
+    """DVC's ``Repo`` with the working directory at the project: DVC resolves stage names and a stage's
+    ``wdir`` from the working directory, not from the repo it was given (as the ``dvc`` CLI run there does)."""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(project), Repo(".") as repo:
+        yield repo
+
+
 def stage_changed(project: Path, stage: str) -> bool:
-    """``dvc status --json <stage>``: does DVC have anything to do for this stage?"""
-    return bool(json.loads(run_dvc(project, "status", "--json", stage) or "{}"))
+    """``Repo.status`` (what ``dvc status <stage>`` prints): does DVC have anything to do for this stage?"""
+    with _repo_at(project) as repo:
+        return bool(repo.status(targets=[stage]))
 
 
-# run in the project directory (DVC resolves stage paths from the working directory): exit 0 when DVC's run cache
-# holds outputs for this stage's current deps and params -- the lookup `dvc repro` makes before running a
-# changed stage (StageCache.restore: hash the deps, load the newest entry for that key, check its outs are in
-# the cache). `restore(dry=True)` cannot answer it: without hashed deps it reads the lock file's. dvc 3.x API.
-_RESTORABLE = """
-import sys
-from dvc.repo import Repo
-with Repo(".") as repo:
-    stage = repo.stage.collect("dvc.yaml:" + sys.argv[1])[0]
-    stage.save_deps()  # the deps' current hashes, in memory only: the run-cache key
-    entry = repo.stage_cache._load(stage)
-    ok = bool(entry) and repo.stage_cache._create_stage(entry, wdir=stage.wdir).outs_cached()
-    sys.exit(0 if ok else 1)
-"""
+# DVC has no public call for "would `dvc repro` restore this changed stage from the run cache": the lookup
+# `dvc repro` makes (StageCache.restore: hash the deps, load the newest entry for that key, check its outs are in
+# the cache) is reached through two private StageCache methods. `restore(dry=True)` cannot answer it: without
+# hashed deps it reads the lock file's. The fence: the DVC major versions this was written and tested against;
+# tests/test_dvc_private_api.py fails when DVC moves these methods or leaves the fenced versions.
+RUN_CACHE_API_MAJOR = 3
+RUN_CACHE_PRIVATE_METHODS = ("_load", "_create_stage")
+
+
+def run_cache_api_supported() -> bool:
+    """Is the installed DVC one whose private run-cache methods :func:`restorable` calls are known?"""
+    import dvc
+    from dvc.stage.cache import StageCache
+
+    major = int(str(dvc.__version__).split(".")[0])
+    return major == RUN_CACHE_API_MAJOR and all(hasattr(StageCache, m) for m in RUN_CACHE_PRIVATE_METHODS)
 
 
 def restorable(project: Path, stage: str) -> bool:
-    """Would ``dvc repro`` restore this changed stage from DVC's run cache (no command run)?"""
-    out = subprocess.run([sys.executable, "-c", _RESTORABLE, stage], cwd=project, capture_output=True, text=True,
-                         timeout=600)
-    return out.returncode == 0
+    """Would ``dvc repro`` restore this changed stage from DVC's run cache (no command run)? ``False`` (the
+    stage is reported as "ran") on a DVC outside the fence, where the private lookup may not exist."""
+    if not run_cache_api_supported():
+        return False
+    with _repo_at(project) as repo:
+        found = repo.stage.collect("dvc.yaml:" + stage)
+        if not found:
+            return False
+        target = found[0]
+        target.save_deps()  # the deps' current hashes, in memory only: the run-cache key
+        entry = repo.stage_cache._load(target)
+        return bool(entry) and repo.stage_cache._create_stage(entry, wdir=target.wdir).outs_cached()
 
 
 # -- params and experiments -----------------------------------------------------------------------------------
@@ -164,12 +185,17 @@ def experiment_name(overrides: Sequence[str], preset: str | None) -> str:
 
 
 def exp_save(project: Path, name: str, include: Sequence[str] = ()) -> str:
-    """``dvc exp save -f -n <name>``: the workspace (params, dvc.lock, metrics) becomes experiment ``name``."""
-    args = ["exp", "save", "-f", "-n", name]
-    for rel in include:
-        if (project / rel).exists():
-            args += ["-I", rel]
-    run_dvc(project, *args)
+    """``dvc.api.exp_save`` (``dvc exp save -f -n <name>``): the workspace (params, dvc.lock, metrics) becomes
+    experiment ``name``; ``include``: untracked paths to carry along. The API reads the repo from the working
+    directory, hence the ``chdir``."""
+    import logging
+
+    import dvc.api
+
+    logging.getLogger("dvc.repo.scm_context").setLevel(logging.WARNING)
+    untracked = [rel for rel in include if (project / rel).exists()]
+    with contextlib.chdir(project):
+        dvc.api.exp_save(name=name, force=True, include_untracked=untracked or None)
     return name
 
 
