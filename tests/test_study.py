@@ -112,15 +112,27 @@ def test_micro_study_end_to_end_and_rerun_runs_nothing(tmp_path: Path, mlflow_ur
     # Prefect: the report is the flow's markdown artifact; the trials ran as task runs on the Dask workers,
     # reported to this same API (not to a temporary server of each worker)
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowFilter,
+        FlowFilterName,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
 
     with get_client(sync_client=True) as prefect:
         artifacts = prefect.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[result["flow_run_id"]])))
         task_runs = prefect.read_task_runs(task_run_filter=TaskRunFilter(
             name=TaskRunFilterName(any_=["trial-il-s0", "trial-il-s1", "trial-random-s0", "trial-random-s1"])))
+        subflows = prefect.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["ilnas-study-trials"])))
     assert [a.key for a in artifacts] == ["ilnas-study-micro"] and "data:image/png;base64," in str(artifacts[0].data)
     assert len({t.name for t in task_runs if t.state_type.value == "COMPLETED"}) == 4
+    # the trials reach their subflow as a file: its parameters stay small whatever the number of trials
+    # (Prefect refuses flow-run parameters over 512 KB; 90 trials with their params were 544 KB)
+    assert subflows and all(set(r.parameters) >= {"pending_file"} and len(json.dumps(r.parameters)) < 2000
+                            for r in subflows)
 
     # a rerun computes nothing, keeps the report byte for byte and adds no MLflow run
     before = (tmp_path / "reports/micro/report.md").read_bytes()
