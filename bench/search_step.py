@@ -33,13 +33,12 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
-from ilnas.search.config import HYPERGRAD_METHODS
+from ilnas.hypergrad.names import METHODS
 
 SIZES = {
     "embedded": dict(channels=8, cells=5, in_channels=1, image=8, batch=64),
     "cifar": dict(channels=16, cells=8, in_channels=3, image=32, batch=64),
 }
-METHODS = HYPERGRAD_METHODS
 REFERENCE_ORDERS = {"first": "first_order", "second": "finite_difference"}  # reference order -> our method
 W_LR, W_MOMENTUM, W_DECAY, A_LR, A_BETAS, A_DECAY, CLIP = 0.025, 0.9, 3e-4, 3e-4, (0.5, 0.999), 1e-3, 5.0
 

@@ -7,11 +7,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ilnas.data.spec import TaskConfig, default_digits_tasks
+from ilnas.hypergrad.names import METHODS, HypergradMethod
 from ilnas.space.primitives import PRIMITIVES, check_primitives
 from ilnas.strategies.registry import available_strategies
 from ilnas.utils.checks import check_classes, check_device_name
 
-HYPERGRAD_METHODS = ("first_order", "finite_difference", "stagewise", "exact")
+HYPERGRAD_METHODS = METHODS  # kept for ``ilnas.search.HYPERGRAD_METHODS``; the names live in ilnas/hypergrad/names.py
 
 
 class LFMConfig(BaseModel):
@@ -49,7 +50,7 @@ class SearchConfig(BaseModel):
     optimizer_state: Literal["per_model", "shared"] = Field(
         default="per_model", description="per_model: each of the K models keeps its own SGD momentum (the encoder "
         "handed to model k continues with model k's); shared: one optimizer state for all")
-    hypergrad: Literal["first_order", "finite_difference", "stagewise", "exact"] = Field(
+    hypergrad: HypergradMethod = Field(
         default="finite_difference", description="first_order | finite_difference (chained through every stage) | "
         "stagewise (per-stage DARTS hypergradient, summed; the published reading) | exact (autograd; for tests)")
     fd_eps: float = Field(default=0.01, gt=0, description="central-difference step, divided by the adjoint norm")
