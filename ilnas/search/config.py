@@ -7,15 +7,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ilnas.data.spec import TaskConfig, default_digits_tasks
+from ilnas.search.strategies.registry import available_strategies
 from ilnas.space.primitives import PRIMITIVES, check_primitives
-from ilnas.strategies.registry import available_strategies
 from ilnas.utils.checks import check_classes, check_device_name
 
 HYPERGRAD_METHODS = ("first_order", "finite_difference", "stagewise", "exact")
 
 
 class LFMConfig(BaseModel):
-    """Learning from mistakes with class weighting (used when ``strategy: lfm``; see ilnas/strategies/lfm.py)."""
+    """Learning from mistakes with class weighting (used when ``strategy: lfm``; see ilnas/search/strategies/lfm.py)."""
 
     model_config = ConfigDict(extra="forbid")
 
