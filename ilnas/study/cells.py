@@ -37,7 +37,7 @@ def cell_stats(genotypes: list[dict[str, Any]]) -> dict[str, float]:
     free = [collapse_counts(Genotype.from_dict(g))["param_free_edges/normal"] for g in genotypes]
     pairs = [edit_distance(a, b) for a, b in itertools.combinations(genotypes, 2)]
     seen = Counter(e for g in genotypes for e in set(normal_edges(g)))
-    majority = sum(1 for n in seen.values() if n >= len(genotypes) / 2)
+    majority = sum(1 for n in seen.values() if n > len(genotypes) / 2)
     return {"normal_edges": edges,
             "param_free_normal_mean": sum(free) / len(free),
             "cells_within_bound": sum(1 for f in free if f <= MAX_PARAM_FREE_SHARE * edges),

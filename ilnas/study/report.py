@@ -116,7 +116,7 @@ def _cells_table(arms: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["## Cells across search seeds", "",
              "Normal cell, one per search seed. Parameter-free: skip, max and average pooling. Stability: edges "
              "`(node, input, op)` that two cells share and the edit distance between them, over every pair of "
-             "seeds; majority edges: edges found in at least half the arm's cells.", "",
+             "seeds; majority edges: edges found in more than half the arm's cells.", "",
              "| arm | parameter-free edges (mean) | cells with at most half parameter-free | shared edges per pair "
              "(mean) | edit distance (mean) | majority edges |", "|---|---|---|---|---|---|"]
     for name, a in arms.items():
