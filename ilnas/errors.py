@@ -94,7 +94,7 @@ KNOWN_BY_NAME: dict[str, int] = {
     "ilnas.space.genotype.GenotypeError": EXIT_INPUT,
     "ilnas.data.prepare.ManifestError": EXIT_INPUT,
     "ilnas.utils.overrides.OverrideError": EXIT_INPUT,
-    "ilnas.strategies.base.SearchDivergedError": EXIT_FAILURE,
+    "ilnas.search.strategies.base.SearchDivergedError": EXIT_FAILURE,
     "ilnas.study.spec.StudySpecError": EXIT_INPUT,
     "flows.pipeline.StageFailed": EXIT_FAILURE,
     "flows.dvc_repo.DvcError": EXIT_FAILURE,  # a DVC command the flow needs failed; the message is DVC's

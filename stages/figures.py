@@ -66,10 +66,15 @@ def draw_search_figures(search_dir: Path, out: Path, title: str | None = None) -
     except (OSError, ValueError) as exc:
         log.warning("search figures skipped: %s: %s", type(exc).__name__, exc)
         return []
+    try:  # the searched space (search.primitives), so a subset's heatmap rows carry its own op names
+        space = {"primitives": json.loads((search_dir / "genotype.json").read_text())["primitives"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        space = {}
     columns = list(history[0]) if history else []
     loss_keys = [k for k in columns if k.startswith(("train_loss/", "val_loss/"))]
     acc_keys = [k for k in columns if k.startswith(("train_acc/", "val_acc/"))]
-    drawn = [figure("alpha heatmap", v.plot_alpha_history, alpha_rows, out / "alpha_history.png", title=title),
+    drawn = [figure("alpha heatmap", v.plot_alpha_history, alpha_rows, out / "alpha_history.png", title=title,
+                    **space),
              figure("loss curves", v.plot_curves, history, loss_keys, out / "loss.png", title=title),
              figure("accuracy curves", v.plot_curves, history, acc_keys, out / "accuracy.png", title=title)]
     if any("class_weights" in row for row in alpha_rows):  # strategy: lfm

@@ -100,7 +100,7 @@ def test_stage_deps_cover_every_project_module_it_loads(stage):
 
 def test_search_deps_cover_every_strategy_module():
     """``get_strategy`` imports a strategy module by name (no import statement for the walk above to find)."""
-    strategies = sorted(str(p.relative_to(REPO)) for p in (REPO / "ilnas/strategies").glob("*.py"))
+    strategies = sorted(str(p.relative_to(REPO)) for p in (REPO / "ilnas/search/strategies").glob("*.py"))
     assert not uncovered(strategies, _stages()["search"]["deps"])
 
 

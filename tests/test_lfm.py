@@ -14,9 +14,9 @@ from ilnas.data.loaders import CyclingLoader
 from ilnas.data.tasks import TaskData
 from ilnas.hypergrad import hypergradient
 from ilnas.search import SearchConfig, SearchRun, run_search
+from ilnas.search.strategies.base import SearchContext, interleaved_stages
+from ilnas.search.strategies.lfm import ClassWeightedProblem, LearningFromMistakes
 from ilnas.space.genotype import Genotype
-from ilnas.strategies.base import SearchContext, interleaved_stages
-from ilnas.strategies.lfm import ClassWeightedProblem, LearningFromMistakes
 
 TINY = dict(channels=4, cells=3, nodes=2, batch_size=16, deterministic=True, device="cpu")
 

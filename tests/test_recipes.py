@@ -175,3 +175,18 @@ def test_implicit_recipe_warns_once_naming_the_recipe(caplog):
     assert len(records) == 1 and records[0].levelname == "WARNING"
     assert "implicit.yaml: retrain.recipe is not set, so recipe 'timm' applies" in records[0].getMessage()
     assert "darts | pcdarts | timm" in records[0].getMessage()
+
+
+def test_ilnas_recipe_prints_what_a_preset_resolves_to() -> None:
+    from typer.testing import CliRunner
+
+    from ilnas.cli import app
+
+    out = CliRunner().invoke(app, ["recipe", str(REPO / "configs" / "darts.yaml")])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0].endswith("darts.yaml:")
+    assert lines[1].startswith("  retrain: recipe darts,") and "Cutout 4" in lines[1]
+    assert lines[2].startswith("  transfer: recipe darts,")
+    bad = CliRunner().invoke(app, ["recipe", str(REPO / "configs" / "absent.yaml")])
+    assert bad.exit_code == 2 and "absent.yaml" in bad.output

@@ -8,7 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-import ilnas.strategies.interleaving as interleaving
+import ilnas.search.strategies.interleaving as interleaving
 from ilnas.data.spec import TaskConfig
 from ilnas.search import SearchConfig, SearchRun, derive_genotype_from_file, run_search
 from ilnas.search.remedies import ArchStepPlan

@@ -13,8 +13,8 @@ from ilnas.data.spec import TaskConfig
 from ilnas.hypergrad import SupernetProblem, hypergradient
 from ilnas.search import CheckpointError, SearchConfig, SearchRun, derive_genotype_from_file, run_search
 from ilnas.search.runner import assert_disjoint
+from ilnas.search.strategies.base import SearchDivergedError, interleaved_stages
 from ilnas.space.genotype import Genotype
-from ilnas.strategies.base import SearchDivergedError, interleaved_stages
 
 TINY = dict(channels=4, cells=3, nodes=2, batch_size=16, deterministic=True)
 

@@ -21,9 +21,9 @@ from ilnas.search import (
     run_search,
 )
 from ilnas.search.evaluation import evaluate
+from ilnas.search.strategies.base import interleaved_stages, train_stages
 from ilnas.space.genotype import Genotype, collapse_counts
 from ilnas.space.ops import PRIMITIVES
-from ilnas.strategies.base import interleaved_stages, train_stages
 
 TINY = dict(channels=4, cells=3, nodes=2, batch_size=16, deterministic=True)
 

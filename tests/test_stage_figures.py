@@ -39,3 +39,22 @@ def test_missing_search_files_are_a_warning_not_a_failure(tmp_path: Path, caplog
     with caplog.at_level(logging.WARNING, logger="ilnas.stages"):
         assert draw_search_figures(tmp_path / "absent", tmp_path) == []
     assert "search figures skipped: FileNotFoundError" in caplog.text
+
+
+def test_the_heatmap_names_the_searched_subset_of_ops(tmp_path: Path, monkeypatch) -> None:
+    """A search over ``search.primitives`` (here R-DARTS S2: sep_conv_3x3 and skip) labels its own ops."""
+    import ilnas.viz
+
+    out = tmp_path / "search"
+    out.mkdir()
+    shutil.copy(REPO / "metrics/search_history.csv", out / "history.csv")
+    subset = ["sep_conv_3x3", "skip_connect"]
+    arch = Architecture(nodes=2, num_ops=len(subset))
+    (out / "alpha_history.json").write_text(json.dumps([{"epoch": 1, **arch.softmax_snapshot()}]))
+    (out / "genotype.json").write_text(json.dumps({"normal": [], "reduce": [], "primitives": subset}))
+    seen = {}
+    real = ilnas.viz.plot_alpha_history
+    monkeypatch.setattr(ilnas.viz, "plot_alpha_history",
+                        lambda rows, path, **kw: seen.update(kw) or real(rows, path, **kw))
+    assert "alpha_history.png" in {p.name for p in draw_search_figures(out, tmp_path)}
+    assert seen["primitives"] == subset

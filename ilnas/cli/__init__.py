@@ -1,9 +1,10 @@
-"""The ``ilnas`` command line: ``ilnas search``, ``ilnas retrain``, ``ilnas transfer``, ``ilnas compare``.
+"""The ``ilnas`` command line: ``ilnas search``, ``ilnas retrain``, ``ilnas transfer``, ``ilnas compare``,
+``ilnas recipe``.
 
-Imports point one way: this package registers the plain functions of its command modules (``search``, ``train``,
-``compare``), which know nothing of it; the library packages import nothing of the CLI. Every invocation ends
-through :func:`ilnas.errors.guarded`: a known error (bad params, a damaged checkpoint or genotype) prints one
-block and exits 2 (``--debug``: the traceback).
+Imports point one way: this package registers the plain functions of its command modules (``search``,
+``train``, ``compare``, ``recipe``), which know nothing of it; the library packages import nothing of the CLI.
+Every invocation ends through :func:`ilnas.errors.guarded`: a known error (bad params, a damaged checkpoint or
+genotype) prints one block and exits 2 (``--debug``: the traceback).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typer.core import TyperGroup
 
 from ilnas.cli.compare import compare_command
 from ilnas.cli.options import DEBUG, VERSION
+from ilnas.cli.recipe import recipe_command
 from ilnas.cli.search import search_command
 from ilnas.cli.train import retrain_command, transfer_command
 from ilnas.errors import debug_enabled, exit_code_of, fail
@@ -48,6 +50,7 @@ app.command("search")(search_command)
 app.command("retrain")(retrain_command)
 app.command("transfer")(transfer_command)
 app.command("compare")(compare_command)
+app.command("recipe")(recipe_command)
 
 
 def main(argv: Sequence[str] | None = None) -> Any:

@@ -34,7 +34,8 @@ def search_command(
 
     figures = out / "figures"
     pictures = viz.plot_genotype(result.genotype, figures)
-    pictures.append(viz.plot_alpha_history(result.alpha_rows, figures / "alpha_history.png"))
+    pictures.append(viz.plot_alpha_history(result.alpha_rows, figures / "alpha_history.png",
+                                           primitives=cfg.primitives))
     typer.echo(f"genotype: {result.genotype_json}")
     typer.echo(f"pictures: {', '.join(str(p) for p in pictures)}")
     typer.echo(f"metrics:  {result.metrics_json}")

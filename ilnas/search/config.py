@@ -8,15 +8,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ilnas.data.spec import TaskConfig, default_digits_tasks
 from ilnas.hypergrad.names import METHODS, HypergradMethod
+from ilnas.search.strategies.registry import available_strategies
 from ilnas.space.primitives import PRIMITIVES, check_primitives
-from ilnas.strategies.registry import available_strategies
 from ilnas.utils.checks import check_classes, check_device_name
 
 HYPERGRAD_METHODS = METHODS  # kept for ``ilnas.search.HYPERGRAD_METHODS``; the names live in ilnas/hypergrad/names.py
 
 
 class LFMConfig(BaseModel):
-    """Learning from mistakes with class weighting (used when ``strategy: lfm``; see ilnas/strategies/lfm.py)."""
+    """Learning from mistakes with class weighting (used when ``strategy: lfm``; see ilnas/search/strategies/lfm.py)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -25,9 +25,9 @@ from ilnas.search.diagnostics import alpha_diagnostics, edge_entropies, hessian_
 from ilnas.search.evaluation import evaluate
 from ilnas.search.parallel import SearchWorld, check_global_batch, local_statistics, use_global_batchnorm
 from ilnas.search.remedies import ArchStepPlan, build_architecture, build_supernet, start_epoch
+from ilnas.search.strategies import get_strategy
+from ilnas.search.strategies.base import SearchContext, SearchStrategy
 from ilnas.space.genotype import Genotype, collapse_counts
-from ilnas.strategies import get_strategy
-from ilnas.strategies.base import SearchContext, SearchStrategy
 from ilnas.utils.device import amp_enabled, rng_state, seed_everything, set_rng_state
 from ilnas.utils.io import atomic_torch_save, atomic_write_csv, atomic_write_json
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ilnas.study import stats
+from ilnas.study import cells, stats
 
 ALPHA = 0.05
 
@@ -42,6 +42,7 @@ def arm_row(arm: dict[str, Any], results: list[dict[str, Any]], reference: list[
             "search_images": _mean([r.get("search_images", 0) for r in ok]),
             "arch_steps": _mean([r.get("arch_steps", 0) for r in ok]),
             "retrain_time_s": _mean([run["retrain_time_s"] for run in runs])}
+    row |= cells.cell_stats([r["genotype"] for r in ok if r.get("genotype")])
     if reference:
         point, low, high = stats.percentile_interval(values, reference)
         row |= {"percentile": point, "percentile_ci95_low": low, "percentile_ci95_high": high}

@@ -111,6 +111,24 @@ def _results_table(spec: dict[str, Any], arms: dict[str, dict[str, Any]], comps:
     return lines
 
 
+def _cells_table(arms: dict[str, dict[str, Any]]) -> list[str]:
+    """Collapse and stability of each arm's normal cells across search seeds (random cells: the baseline)."""
+    lines = ["## Cells across search seeds", "",
+             "Normal cell, one per search seed. Parameter-free: skip, max and average pooling. Stability: edges "
+             "`(node, input, op)` that two cells share and the edit distance between them, over every pair of "
+             "seeds; majority edges: edges found in more than half the arm's cells.", "",
+             "| arm | parameter-free edges (mean) | cells with at most half parameter-free | shared edges per pair "
+             "(mean) | edit distance (mean) | majority edges |", "|---|---|---|---|---|---|"]
+    for name, a in arms.items():
+        if "normal_edges" not in a:
+            continue
+        n = a["normal_edges"]
+        lines.append(f"| {name} | {_f(a['param_free_normal_mean'], '.1f')} / {n} | {a['cells_within_bound']} of "
+                     f"{a['cells']} | {_f(a['shared_edges_mean'], '.1f')} / {n} | {_f(a['edit_distance_mean'], '.1f')}"
+                     f" | {a['majority_edges']} |")
+    return lines + [""]
+
+
 def _design(spec: dict[str, Any], summary: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
     p, ref = summary["power"], summary.get("reference")
     runs = [run for r in results if r["status"] == "ok" for run in r["retrains"]]
@@ -212,6 +230,7 @@ def write_report(out_dir: str | os.PathLike, spec: dict[str, Any], family: list[
     lines = [f"# Study `{spec['name']}`", "", (spec.get("description") or "").strip(), "", "## Answer", "",
              summary["verdict"], "", "## Results (retrained test top-1)", "",
              *_results_table(spec, summary["arms"], summary["comparisons"]), "",
+             *_cells_table(summary["arms"]),
              *_design(spec, summary, ordered), *_protocol(spec, calibration), "## Figures", ""]
     for name, png in figs.items():
         lines += [f"![{name}]({figures.data_uri(png)})", ""]

@@ -34,12 +34,32 @@ class CheckpointError(IntegrityError, RuntimeError):
     """A checkpoint that cannot be used to resume or initialise: the message names the file and the problem."""
 
 
+# timm has no hook for extra state in a checkpoint, so SafeCheckpointSaver overrides the private
+# ``CheckpointSaver._save(save_path, epoch, metric)`` that ``save_checkpoint`` calls for the temp file it then
+# renames. The fence: the signature checked when a saver is built, and tests/test_timm_private_api.py, which
+# fails when timm renames or re-signs the method, or stops calling it.
+TIMM_SAVE_SIGNATURE = ("self", "save_path", "epoch", "metric")
+
+
+def check_timm_saver() -> None:
+    """Refuse to build a saver on a timm whose private ``CheckpointSaver._save`` is not the one overridden."""
+    import inspect
+
+    import timm
+
+    found = tuple(inspect.signature(CheckpointSaver._save).parameters) if hasattr(CheckpointSaver, "_save") else ()
+    if found != TIMM_SAVE_SIGNATURE:
+        raise RuntimeError(f"timm {timm.__version__}: CheckpointSaver._save{found or ' (absent)'} is not the "
+                           f"_save{TIMM_SAVE_SIGNATURE} ilnas.train.checkpoint overrides; pin timm or update it")
+
+
 class SafeCheckpointSaver(CheckpointSaver):
     """CheckpointSaver whose files hold only tensors and plain data, plus an ``extra`` dict from ``extra_fn``."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, checkpoint_dir: str | os.PathLike,
                  extra_fn: Callable[[], dict[str, Any]], model_ema: torch.nn.Module | None = None,
                  amp_scaler: Any = None, max_history: int = 1):
+        check_timm_saver()
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
         super().__init__(model, optimizer, args=None, model_ema=model_ema, amp_scaler=amp_scaler,
                          checkpoint_dir=str(checkpoint_dir), recovery_dir=str(checkpoint_dir),

@@ -41,10 +41,9 @@ from torch.utils.data import DataLoader
 
 from ilnas.hypergrad import Stage, hypergradient
 from ilnas.hypergrad.problem import Batch, Params, SupernetProblem
-from ilnas.space.calibration import calibration_subset, recalibrated
-from ilnas.strategies import register_strategy
-from ilnas.strategies._generator import ConditionalVAE
-from ilnas.strategies.base import (
+from ilnas.search.strategies import register_strategy
+from ilnas.search.strategies._generator import ConditionalVAE
+from ilnas.search.strategies.base import (
     SearchContext,
     SearchDivergedError,
     SearchStrategy,
@@ -52,6 +51,7 @@ from ilnas.strategies.base import (
     interleaved_stages,
     train_stages,
 )
+from ilnas.space.calibration import calibration_subset, recalibrated
 
 
 class ClassWeights(nn.Module):

@@ -1,6 +1,6 @@
 """Search strategies, registered by name: a new strategy is one new module in this package.
 
-Lazy: names come from the modules' sources (:mod:`ilnas.strategies.registry`), so listing or validating a
+Lazy: names come from the modules' sources (:mod:`ilnas.search.strategies.registry`), so listing or validating a
 strategy name imports no strategy and no torch; :func:`get_strategy` imports the one module it needs.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from ilnas.strategies.registry import REGISTRY, available_strategies, builtin_strategies, register_strategy
+from ilnas.search.strategies.registry import REGISTRY, available_strategies, builtin_strategies, register_strategy
 
 if TYPE_CHECKING:
-    from ilnas.strategies.base import SearchStrategy
+    from ilnas.search.strategies.base import SearchStrategy
 
 __all__ = ["available_strategies", "get_strategy", "register_strategy"]
 

@@ -2,7 +2,7 @@
 
 Validating a config must stay cheap: a strategy module declares its name with ``@register_strategy("<name>")``,
 and :func:`builtin_strategies` finds those decorators in the package's sources with ``ast``. This module imports
-nothing of the project, so ``ilnas.search.config`` asks it for the names; ``ilnas.strategies.get_strategy``
+nothing of the project, so ``ilnas.search.config`` asks it for the names; ``ilnas.search.strategies.get_strategy``
 imports the one module a search needs.
 """
 
@@ -56,7 +56,7 @@ def builtin_strategies() -> dict[str, str]:
         for name in declared_names(path.read_text()):
             if name in found:
                 raise ValueError(f"strategy {name!r} is declared twice: in {found[name]} and {path.stem}")
-            found[name] = f"ilnas.strategies.{path.stem}"
+            found[name] = f"ilnas.search.strategies.{path.stem}"
     return found
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 
 from ilnas.hypergrad import SupernetProblem, hypergradient
-from ilnas.space.remedies import Remedies, add_loss_gradients
-from ilnas.strategies import register_strategy
-from ilnas.strategies.base import (
+from ilnas.search.strategies import register_strategy
+from ilnas.search.strategies.base import (
     SearchContext,
     SearchDivergedError,
     SearchStrategy,
@@ -20,6 +19,7 @@ from ilnas.strategies.base import (
     interleaved_stages,
     train_stages,
 )
+from ilnas.space.remedies import Remedies, add_loss_gradients
 
 
 @register_strategy("interleaving")

@@ -1,16 +1,19 @@
-"""Print the retrain and transfer recipe a params file resolves to (after validation, recipe values filled in).
+"""``ilnas recipe``: the retrain and transfer recipe a params file resolves to (after validation, recipe values
+filled in). A plain function that ``ilnas.cli`` registers (this module does not import the CLI).
 
-    python -m ilnas.train.recipe configs/cifar.yaml
+    ilnas recipe configs/cifar.yaml        # or: python -m ilnas recipe configs/cifar.yaml
 
 Only the schema is checked (no data roots need to exist): this is what ``dvc repro`` would run.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
+import typer
+
+from ilnas.cli.options import DEBUG, VERSION
 from ilnas.train.config import PAPER_RECIPES
 
 
@@ -44,17 +47,15 @@ def describe(params: Any) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def recipe_command(
+    params_file: Path = typer.Argument(Path("params.yaml"), help="params file (default: params.yaml)"),
+    version: bool = VERSION,
+    debug: bool = DEBUG,
+) -> None:
+    """Print the retrain and transfer recipe a params file resolves to, one line per stage."""
     from ilnas.params import read_params_file, validate_params
 
-    argv = sys.argv[1:] if argv is None else argv
-    path = Path(argv[0] if argv else "params.yaml")
-    params = validate_params(read_params_file(path), source=str(path))  # bounded read, errors name the file
-    print(f"{path}:")
+    params = validate_params(read_params_file(params_file), source=str(params_file))  # errors name the file
+    typer.echo(f"{params_file}:")
     for line in describe(params):
-        print("  " + line)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        typer.echo("  " + line)
