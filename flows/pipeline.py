@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from flows.dvc_repo import (
 from flows.naming import flow_run_identity, label_flow_run
 from flows.summary import headline, log_search_comparison, markdown_table, stage_metrics
 from flows.variants import Variant, resolve_variant
-from ilnas.params import ParamsError
+from ilnas.params import ParamsError, PipelineParams
 from ilnas.tracking import (
     ENV_PARENT_RUN_ID,
     TELEMETRY_OFF,
@@ -63,6 +64,7 @@ from stages.common import search_method
 ARTIFACT_KEY = "ilnas-pipeline"
 # the Prefect state name of a stage's task run: what DVC did (all are of type COMPLETED)
 STATE_NAMES = {"ran": "Completed", "restored": "Restored", "skipped": "Skipped"}
+RunLogger = logging.Logger | logging.LoggerAdapter  # what get_run_logger() returns
 
 
 class StageFailed(RuntimeError):
@@ -202,20 +204,48 @@ def _workspace_paths(dag: Sequence[StageInfo]) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-@flow(name="ilnas-pipeline", persist_result=False, log_prints=True)
-def pipeline(project_dir: str = ".", overrides: list[str] | None = None, preset: str | None = None,
-             name: str | None = None, stages: list[str] | None = None, force: bool = False, retries: int = 1,
-             retry_delay_s: float = 5.0, timeout_s: float = 3600.0, track: bool = True) -> dict[str, Any]:
-    """prepare -> search -> derive -> retrain -> transfer (DVC's DAG), each a retried DVC stage; a variant
-    (``overrides``, ``preset``, ``name``) is saved as the DVC experiment ``name`` and the workspace restored.
-    A run that fails leaves every git-tracked file it touches as it was before the run."""
-    logger = get_run_logger()
-    telemetry_off()
-    quiet_failure_tracebacks()
-    project = Path(project_dir).resolve()
-    # 1. everything is validated before anything runs (python -m flows did it already, before Prefect started)
-    variant: Variant = resolve_variant(project, overrides or [], preset, name)
-    params = variant.params
+@dataclass
+class Plan:
+    """A run as validated before anything runs: the variant, DVC's DAG and the stages to run, in DAG order."""
+
+    project: Path
+    variant: Variant
+    dag: list[StageInfo]
+    order: list[str]
+
+    @property
+    def params(self) -> PipelineParams:
+        return self.variant.params
+
+    @property
+    def exp(self) -> str | None:
+        return self.variant.experiment
+
+
+@dataclass
+class Tracking:
+    """Where the run is recorded: the MLflow store and parent run (None: off or unavailable), the Prefect run."""
+
+    uri: str | None
+    parent: str | None
+    flow_run_id: str
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """How each stage's task runs: the flow's retry, timeout and force parameters, handed on as one."""
+
+    retries: int
+    retry_delay_s: float
+    timeout_s: float
+    force: bool
+
+
+def plan_run(project: Path, overrides: list[str] | None, preset: str | None, name: str | None,
+             stages: list[str] | None) -> Plan:
+    """Validate everything before anything runs (python -m flows did it already, before Prefect started): a bad
+    key or stage name must fail before a stage rewrites the workspace."""
+    variant = resolve_variant(project, overrides or [], preset, name)
     dag = read_dag(project)
     import yaml
 
@@ -229,106 +259,163 @@ def pipeline(project_dir: str = ".", overrides: list[str] | None = None, preset:
         if unknown:
             raise ParamsError(f"--stage: unknown {unknown}; allowed: {order}")
         order = [s for s in order if s in stages]
+    return Plan(project=project, variant=variant, dag=dag, order=order)
 
-    # 2. the MLflow parent run (best effort)
-    uri = tracking_uri(project, params.tracking.uri) if params.tracking.enabled and track else None
-    exp = variant.experiment
-    method = search_method(params)
-    parent: str | None = None
+
+def _label_flow_run(variant: Variant, logger: RunLogger) -> str:
+    """Name and tag the Prefect run after what runs (the run list then says 'IL K=2 finite_difference seed 0
+    [darts]', not a random name); returns its id. A label that cannot be set must not stop the pipeline."""
     flow_run_id = str(flow_run_runtime.get_id() or "")
-    if flow_run_id:  # the Prefect run list says what runs: 'IL K=2 finite_difference seed 0 [darts]', tags
+    if flow_run_id:
         try:
             label_flow_run(flow_run_id, *flow_run_identity(variant))
         except Exception as exc:  # noqa: BLE001 - a label must not stop the pipeline
             logger.warning("flow run not renamed or tagged: %s: %s", type(exc).__name__, exc)
-    if uri:
+    return flow_run_id
+
+
+def _open_parent_run(plan: Plan, uri: str, flow_run_id: str, logger: RunLogger) -> str | None:
+    """The MLflow parent run the stages' runs nest under, named and tagged for comparing variants; best effort:
+    without it every output is still written, so a tracking error only warns."""
+    params, exp, method = plan.params, plan.exp, search_method(plan.params)
+    try:
+        return start_parent_run(
+            uri, params.tracking.experiment,
+            run_name=f"pipeline {method} K={len(params.search.tasks)} {params.search.hypergrad} "
+                     f"seed {params.seed}" + (f" [{exp}]" if exp else ""),
+            tags={"stage": "pipeline", "method": method, "K": len(params.search.tasks),
+                  "hypergrad": params.search.hypergrad, "seed": params.seed, "dvc_exp": exp or "workspace",
+                  "strategy": params.search.strategy, "prefect_flow_run_id": flow_run_id,
+                  "dataset": ",".join(sorted({t.dataset for t in params.search.tasks})),
+                  "overrides": " ".join(plan.variant.overrides), "preset": plan.variant.preset or ""},
+            params=params.model_dump(mode="json"), project_dir=plan.project)
+    except TrackingUnavailable as exc:  # the stages probe the same store and skip tracking just as fast
+        logger.warning("%s: no MLflow runs for this pipeline; every output is still written", exc)
+    except Exception as exc:  # noqa: BLE001 - tracking must not stop the pipeline
+        logger.warning("MLflow parent run could not be created (%s: %s); the stages try their own runs",
+                       type(exc).__name__, exc)
+    return None
+
+
+def start_tracking(plan: Plan, track: bool, logger: RunLogger) -> Tracking:
+    """Label the Prefect run and open the MLflow parent run (when tracking is on) before any stage starts, so
+    the stages' own runs can nest under it (their environment carries its id)."""
+    params = plan.params
+    uri = tracking_uri(plan.project, params.tracking.uri) if params.tracking.enabled and track else None
+    flow_run_id = _label_flow_run(plan.variant, logger)
+    parent = _open_parent_run(plan, uri, flow_run_id, logger) if uri else None
+    return Tracking(uri=uri, parent=parent, flow_run_id=flow_run_id)
+
+
+def enter_variant(plan: Plan, logger: RunLogger) -> Workspace:
+    """Keep the bytes of the git-tracked files the run rewrites (every run's are put back if it fails, a
+    variant's always), then write a variant's params.yaml the way `dvc exp run -S` puts it there."""
+    workspace = Workspace(plan.project, _workspace_paths(plan.dag))
+    if plan.exp:
+        (plan.project / "params.yaml").write_text(plan.variant.text)
+        logger.info("experiment %s: %s", plan.exp,
+                    " ".join(filter(None, [plan.variant.preset, *plan.variant.overrides])) or "params.yaml as it is")
+    return workspace
+
+
+def run_stages(plan: Plan, opts: StageOptions, env: dict[str, str], rows: list[dict[str, Any]],
+               logger: RunLogger) -> None:
+    """One retried Prefect task per stage in DAG order, then a variant saved as a DVC experiment. ``rows`` is
+    the caller's, filled as stages end: a failure still reports what ran, what failed and what never ran."""
+    for stage in plan.order:
+        runner = run_stage.with_options(name=f"dvc-{stage}", retries=opts.retries,
+                                        retry_delay_seconds=opts.retry_delay_s, task_run_name=f"dvc-{stage}")
         try:
-            parent = start_parent_run(
-                uri, params.tracking.experiment,
-                run_name=f"pipeline {method} K={len(params.search.tasks)} {params.search.hypergrad} "
-                         f"seed {params.seed}" + (f" [{exp}]" if exp else ""),
-                tags={"stage": "pipeline", "method": method, "K": len(params.search.tasks),
-                      "hypergrad": params.search.hypergrad, "seed": params.seed, "dvc_exp": exp or "workspace",
-                      "strategy": params.search.strategy, "prefect_flow_run_id": flow_run_id,
-                      "dataset": ",".join(sorted({t.dataset for t in params.search.tasks})),
-                      "overrides": " ".join(variant.overrides), "preset": variant.preset or ""},
-                params=params.model_dump(mode="json"), project_dir=project)
-        except TrackingUnavailable as exc:  # the stages probe the same store and skip tracking just as fast
-            logger.warning("%s: no MLflow runs for this pipeline; every output is still written", exc)
-        except Exception as exc:  # noqa: BLE001 - tracking must not stop the pipeline
-            logger.warning("MLflow parent run could not be created (%s: %s); the stages try their own runs",
-                           type(exc).__name__, exc)
+            state = runner(stage, str(plan.project), timeout_s=opts.timeout_s, force=opts.force, env=env,
+                           return_state=True)
+            row = dict(state.result())
+        except Exception as exc:
+            rows.append({"stage": stage, "status": "FAILED", "attempts": opts.retries + 1})
+            rows.extend({"stage": s, "status": "not run"} for s in plan.order[len(rows):])
+            raise StageFailed(f"pipeline failed at stage {stage!r} after {opts.retries + 1} attempt(s): "
+                              f"{exc}") from exc
+        row["metric"] = ", ".join(f"{k}={v:.4g}" for k, v in stage_metrics(plan.project, plan.dag, stage)[:2])
+        rows.append(row)
+    if plan.exp:
+        exp_save(plan.project, plan.exp, include=_workspace_paths(plan.dag)[2:])
+        logger.info("saved as DVC experiment %r (dvc exp show; dvc exp apply %s)", plan.exp, plan.exp)
 
-    # 3. the variant goes into the workspace the way `dvc exp run -S` puts it there
-    # every run: a variant's workspace is always put back, a failed run's too (git-tracked files as they were)
-    workspace = Workspace(project, _workspace_paths(dag))
-    if exp:
-        (project / "params.yaml").write_text(variant.text)
-        logger.info("experiment %s: %s", exp, " ".join(filter(None, [variant.preset, *variant.overrides])) or
-                    "params.yaml as it is")
 
-    # 4. the stages, one retried task each
-    env = stage_env(parent, uri, exp)
+def put_back(plan: Plan, workspace: Workspace, failure: BaseException | None, logger: RunLogger) -> None:
+    """params.yaml is never left changed: a variant's workspace comes back with its outs (it lives on as a DVC
+    experiment); a failed plain run's git-tracked files come back, the finished stages' outputs stay."""
+    if plan.exp:
+        workspace.restore()
+    elif failure is not None:
+        workspace.restore(checkout=False)
+        logger.warning("pipeline failed: params.yaml, dvc.lock and the metrics are back as they were before "
+                       "this run; the outputs of the stages that finished stay in the workspace and in DVC's "
+                       "run cache (the next run restores them instead of recomputing)")
+
+
+def publish(plan: Plan, trk: Tracking, rows: list[dict[str, Any]], failure: BaseException | None,
+            logger: RunLogger) -> str:
+    """The stage table where people look, failed runs too: a Prefect artifact and, on the MLflow parent run,
+    IL against DARTS and the closing status. Best effort: none of them may hide the stages' own outcome."""
+    params, exp, parent, uri = plan.params, plan.exp, trk.parent, trk.uri
+    ran = [r["stage"] for r in rows if r["status"] == "ran"]
+    verdict = "failed" if failure else ("ran " + ", ".join(ran) if ran else "nothing to run: every stage current")
+    header = (f"# ilnas pipeline: {verdict}\n\n{search_method(params)} K={len(params.search.tasks)} "
+              f"{params.search.hypergrad}, project `{plan.project}`" + (f", DVC experiment `{exp}`" if exp else "")
+              + (f", MLflow parent run `{parent}`" if parent else ""))
+    md = markdown_table(rows, header)
+    try:
+        create_markdown_artifact(key=ARTIFACT_KEY, markdown=md, description="ilnas pipeline: what DVC did")
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("Prefect artifact not created: %s", exc)
+    if parent and uri and failure is None:
+        try:  # IL against DARTS on the parent run: figures/comparison.png, comparison.md / .json
+            log_search_comparison(uri, parent, params.tracking.experiment)
+        except Exception as exc:  # noqa: BLE001 - tracking is best effort
+            logger.warning("MLflow comparison not logged on the parent run: %s: %s", type(exc).__name__, exc)
+    if parent and uri:
+        try:
+            end_parent_run(uri, parent, "FAILED" if failure else "FINISHED",
+                           tags={"stages_ran": ",".join(ran) or "none",
+                                 "stages_skipped": ",".join(r["stage"] for r in rows
+                                                            if r["status"] in ("skipped", "restored"))},
+                           metrics=headline(rows), markdown=md)
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("MLflow parent run not closed cleanly: %s", exc)
+    return md
+
+
+@flow(name="ilnas-pipeline", persist_result=False, log_prints=True)
+def pipeline(project_dir: str = ".", overrides: list[str] | None = None, preset: str | None = None,
+             name: str | None = None, stages: list[str] | None = None, force: bool = False, retries: int = 1,
+             retry_delay_s: float = 5.0, timeout_s: float = 3600.0, track: bool = True) -> dict[str, Any]:
+    """prepare -> search -> derive -> retrain -> transfer (DVC's DAG), each a retried DVC stage; a variant
+    (``overrides``, ``preset``, ``name``) is saved as the DVC experiment ``name`` and the workspace restored.
+    A run that fails leaves every git-tracked file it touches as it was before the run."""
+    logger = get_run_logger()
+    telemetry_off()
+    quiet_failure_tracebacks()
+    plan = plan_run(Path(project_dir).resolve(), overrides, preset, name, stages)
+    trk = start_tracking(plan, track, logger)
+    workspace = enter_variant(plan, logger)
+    env = stage_env(trk.parent, trk.uri, plan.exp)
     rows: list[dict[str, Any]] = []
     failure: BaseException | None = None
     try:
-        for stage in order:
-            runner = run_stage.with_options(name=f"dvc-{stage}", retries=retries, retry_delay_seconds=retry_delay_s,
-                                            task_run_name=f"dvc-{stage}")
-            try:
-                state = runner(stage, str(project), timeout_s=timeout_s, force=force, env=env, return_state=True)
-                row = dict(state.result())
-            except Exception as exc:
-                rows.append({"stage": stage, "status": "FAILED", "attempts": retries + 1})
-                rows.extend({"stage": s, "status": "not run"} for s in order[len(rows):])
-                raise StageFailed(f"pipeline failed at stage {stage!r} after {retries + 1} attempt(s): {exc}") from exc
-            row["metric"] = ", ".join(f"{k}={v:.4g}" for k, v in stage_metrics(project, dag, stage)[:2])
-            rows.append(row)
-        if exp:
-            exp_save(project, exp, include=_workspace_paths(dag)[2:])
-            logger.info("saved as DVC experiment %r (dvc exp show; dvc exp apply %s)", exp, exp)
+        run_stages(plan, StageOptions(retries, retry_delay_s, timeout_s, force), env, rows, logger)
     except BaseException as exc:
         failure = exc
         raise
     finally:
-        if exp:
-            workspace.restore()
-        elif failure is not None:
-            workspace.restore(checkout=False)
-            logger.warning("pipeline failed: params.yaml, dvc.lock and the metrics are back as they were before "
-                           "this run; the outputs of the stages that finished stay in the workspace and in DVC's "
-                           "run cache (the next run restores them instead of recomputing)")
-        ran = [r["stage"] for r in rows if r["status"] == "ran"]
-        verdict = "failed" if failure else ("ran " + ", ".join(ran) if ran else "nothing to run: every stage current")
-        header = (f"# ilnas pipeline: {verdict}\n\n{method} K={len(params.search.tasks)} {params.search.hypergrad}, "
-                  f"project `{project}`" + (f", DVC experiment `{exp}`" if exp else "")
-                  + (f", MLflow parent run `{parent}`" if parent else ""))
-        md = markdown_table(rows, header)
-        try:
-            create_markdown_artifact(key=ARTIFACT_KEY, markdown=md, description="ilnas pipeline: what DVC did")
-        except Exception as exc:  # noqa: BLE001
-            logger.warning("Prefect artifact not created: %s", exc)
-        if parent and uri and failure is None:
-            try:  # IL against DARTS on the parent run: figures/comparison.png, comparison.md / .json
-                log_search_comparison(uri, parent, params.tracking.experiment)
-            except Exception as exc:  # noqa: BLE001 - tracking is best effort
-                logger.warning("MLflow comparison not logged on the parent run: %s: %s", type(exc).__name__, exc)
-        if parent and uri:
-            try:
-                end_parent_run(uri, parent, "FAILED" if failure else "FINISHED",
-                               tags={"stages_ran": ",".join(ran) or "none",
-                                     "stages_skipped": ",".join(r["stage"] for r in rows
-                                                                if r["status"] in ("skipped", "restored"))},
-                               metrics=headline(rows), markdown=md)
-            except Exception as exc:  # noqa: BLE001
-                logger.warning("MLflow parent run not closed cleanly: %s", exc)
+        put_back(plan, workspace, failure, logger)
+        md = publish(plan, trk, rows, failure, logger)
     logger.info("\n%s", md)
     missed = not_logged_summary()
     if missed:
         logger.warning("%s", missed)
-    return {"stages": rows, "parent_run_id": parent, "tracking_uri": uri, "project": str(project),
-            "flow_run_id": flow_run_id, "experiment": exp, "flow_run_url": flow_run_runtime.ui_url,
-            "mlflow_experiment": params.tracking.experiment}
+    return {"stages": rows, "parent_run_id": trk.parent, "tracking_uri": trk.uri, "project": str(plan.project),
+            "flow_run_id": trk.flow_run_id, "experiment": plan.exp, "flow_run_url": flow_run_runtime.ui_url,
+            "mlflow_experiment": plan.params.tracking.experiment}
 
 
 if __name__ == "__main__":  # the entry point is flows/__main__.py (importing it here would close a loop)
