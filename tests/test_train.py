@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,3 +143,17 @@ def test_epoch_rows_name_the_test_set_and_log_one_short_line(tmp_path, caplog):
     assert len(lines) == 1 and lines[0].startswith("retrain epoch 1/1: train_loss ")
     assert f"test_top1 {row['test_top1']:.4g} " in lines[0]
     assert all(len(tok.rstrip("0")) <= 7 for tok in lines[0].split() if tok[:2] == "0.")  # no 0.5598885793871866
+
+
+def test_resume_matches_in_a_fresh_process() -> None:
+    """The same check alone in a new interpreter: there, the first retrain is the first thing to import what
+    training imports lazily. scikit-learn (the digits) imports rich, which draws from Python's `random`, so a
+    lazy import after seeding made the first run in a process differ from its resumed copy; passing inside the
+    whole file hid it, because an earlier test had imported them."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                           f"{__file__}::test_resume_matches_uninterrupted_run"], capture_output=True, text=True,
+                          timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stdout[-3000:]

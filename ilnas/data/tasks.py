@@ -16,6 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+# at import, not in the first call: importing scikit-learn imports rich, which draws from Python's `random`;
+# imported after a run has seeded it, it shifted that run's random erasing and Cutout (a first run in a process
+# differed from a resumed one)
+from sklearn.datasets import load_digits
 from torch.utils.data import Dataset, TensorDataset
 
 from ilnas.data.spec import TaskConfig
@@ -134,8 +139,6 @@ def _check_split(val_fraction: float) -> None:
 
 
 def _digits_tensors() -> tuple[torch.Tensor, np.ndarray]:
-    from sklearn.datasets import load_digits
-
     bunch = load_digits()
     images = (bunch.images.astype(np.float32) / 16.0 - DIGITS_MEAN) / DIGITS_STD  # 0..16 grey levels
     return torch.from_numpy(images).unsqueeze(1), bunch.target.astype(np.int64)

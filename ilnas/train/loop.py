@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.utils import AverageMeter, ModelEmaV3, NativeScaler, accuracy, dispatch_clip_grad
+from timm.utils import AverageMeter, ModelEmaV3, NativeScaler, accuracy, dispatch_clip_grad, distribute_bn
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
@@ -201,9 +201,8 @@ def train_one_epoch(t: Trainer, state: TrainState, epoch: int, row: dict[str, An
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     train_time = time.perf_counter() - t0
-    if job.ctx.distributed:  # BN running stats drift per rank between DDP's per-forward broadcasts
-        for buf in t.model.buffers():
-            torch.distributed.broadcast(buf, src=0)
+    if job.ctx.distributed:  # BN running stats drift per rank between DDP's per-forward broadcasts: rank 0's
+        distribute_bn(t.model, job.ctx.world_size, reduce=False)
     loss_sum, acc_sum, n_seen = all_reduce_sum([loss_m.sum, acc_m.sum, float(loss_m.count)], job.ctx)
     row.update(train_loss=loss_sum / n_seen, train_top1=acc_sum / n_seen)
     return EpochTimes(started=t0, train_time=train_time, n_seen=n_seen)
