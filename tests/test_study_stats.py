@@ -101,3 +101,19 @@ def test_calibration_rule_prefers_rank_fidelity_among_candidates_that_separate_c
     assert summary["chosen"] == "faithful"
     assert summary["candidates"]["faithful"]["kendall_tau"] > 0.8 and summary["candidates"]["noisy"]["icc"] < 0.3
     assert "chosen proxy: faithful" in summary["verdict"]
+
+
+def test_the_verdict_places_each_arm_against_the_median_random_cell() -> None:
+    from ilnas.study.analysis import against_median
+
+    arms = {"il": {"kind": "search", "mean": 0.90, "percentile_ci95_low": 40.0},
+            "rs": {"kind": "random_search", "mean": 0.95, "percentile_ci95_low": 62.0},
+            "random": {"kind": "random", "mean": 0.88}}
+    text = against_median(arms, 0.89)
+    assert "median random cell of the reference (test top-1 0.8900)" in text
+    assert "il +0.0100;" in text and "rs +0.0600 (percentile interval above 50)" in text
+    assert "random " not in text.split(":", 1)[1].split(".", 1)[0]  # the baseline is not placed against itself
+    assert text.endswith("Lifted above it beyond doubt: rs.")
+    arms["rs"]["percentile_ci95_low"] = 45.0
+    assert against_median(arms, 0.89).endswith("none is shown to beat the median random cell.")
+    assert against_median(arms, None) == ""

@@ -76,7 +76,27 @@ def _pct(row: dict[str, Any]) -> str:
             f"[{row['percentile_ci95_low']:.0f}, {row['percentile_ci95_high']:.0f}]")
 
 
-def verdict(arms: dict[str, dict[str, Any]], rows: list[dict[str, Any]], power: dict[str, float]) -> str:
+def against_median(arms: dict[str, dict[str, Any]], median: float | None) -> str:
+    """Each searched or selected arm's mean test top-1 against the median random cell of the reference, in
+    points of top-1, and whether its percentile interval lies above 50 (the question a NAS reader asks first)."""
+    if median is None or math.isnan(median):
+        return ""
+    parts = []
+    for name, r in arms.items():
+        if r["kind"] == "random" or math.isnan(r.get("mean", math.nan)):
+            continue
+        above = r.get("percentile_ci95_low", math.nan) > 50
+        parts.append(f"{name} {r['mean'] - median:+.4f}" + (" (percentile interval above 50)" if above else ""))
+    if not parts:
+        return ""
+    lifted = [n for n, r in arms.items() if r["kind"] != "random" and r.get("percentile_ci95_low", math.nan) > 50]
+    head = (f" Against the median random cell of the reference (test top-1 {median:.4f}): " + "; ".join(parts) + ". ")
+    return head + (f"Lifted above it beyond doubt: {', '.join(lifted)}." if lifted else
+                   "No arm's percentile interval lies above 50: none is shown to beat the median random cell.")
+
+
+def verdict(arms: dict[str, dict[str, Any]], rows: list[dict[str, Any]], power: dict[str, float],
+            median: float | None = None) -> str:
     """One paragraph that says exactly what the data support, comparison by comparison."""
     parts = []
     for r in rows:
@@ -98,4 +118,4 @@ def verdict(arms: dict[str, dict[str, Any]], rows: list[dict[str, Any]], power: 
             "level); smaller effects may exist unseen." if not math.isnan(mde) else "")
     placed = [f"{a}{_pct(r)}" for a, r in arms.items() if "percentile" in r and r["kind"] != "random"]
     where = (" Placement among the reference's random cells (test top-1): " + "; ".join(placed) + ".") if placed else ""
-    return " ".join(parts) + tail + where
+    return " ".join(parts) + tail + where + against_median(arms, median)

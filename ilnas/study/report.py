@@ -200,7 +200,8 @@ def build_summary(spec: dict[str, Any], family: list[tuple[str, str]], results: 
     comps = analysis.comparisons(spec, family, results)
     power = analysis.detectable(spec, results, len(comps))
     summary = {"study": spec["name"], "arms": arms, "comparisons": comps, "power": power,
-               "verdict": analysis.verdict(arms, comps, power),
+               "verdict": analysis.verdict(arms, comps, power, (reference_summary(reference).get("test") or {})
+                                           .get("p50") if reference else None),
                "reference": reference_summary(reference) if reference else None,
                "trials": [{k: v for k, v in r.items() if k not in ("search_history", "traceback")} for r in results],
                "provenance": provenance}
