@@ -149,9 +149,14 @@ def restorable(project: Path, stage: str) -> bool:
         if not found:
             return False
         target = found[0]
-        target.save_deps()  # the deps' current hashes, in memory only: the run-cache key
-        entry = repo.stage_cache._load(target)
-        return bool(entry) and repo.stage_cache._create_stage(entry, wdir=target.wdir).outs_cached()
+        if not target.deps or not target.outs:
+            return False  # DVC keeps no run-cache entry for a stage without deps or outs (it cannot hash it)
+        try:
+            target.save_deps()  # the deps' current hashes, in memory only: the run-cache key
+            entry = repo.stage_cache._load(target)
+            return bool(entry) and repo.stage_cache._create_stage(entry, wdir=target.wdir).outs_cached()
+        except Exception:  # noqa: BLE001 - a dep missing on disk, an unhashable stage: repro will run it
+            return False
 
 
 # -- params and experiments -----------------------------------------------------------------------------------

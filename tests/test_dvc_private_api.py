@@ -83,3 +83,11 @@ def test_exp_save_through_the_public_api(repo: Path) -> None:
 def _exp_ref(repo: Path, name: str) -> str:
     refs = _run(repo, "git", "for-each-ref", "--format=%(refname)", "refs/exps/").split()
     return next(r for r in refs if r.endswith("/" + name)).removeprefix("refs/exps/")
+
+
+def test_a_stage_the_run_cache_cannot_hold_is_not_restorable(repo: Path) -> None:
+    """DVC keeps no run-cache entry for a stage without deps (its private lookup asserts): "ran", no error."""
+    with (repo / "dvc.yaml").open("a") as fh:
+        fh.write(f"  nodeps:\n    cmd: {sys.executable} -c \"open('n.txt', 'w').write('n')\"\n    outs: [n.txt]\n")
+    assert stage_changed(repo, "nodeps")
+    assert restorable(repo, "nodeps") is False
