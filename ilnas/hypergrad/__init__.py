@@ -6,8 +6,7 @@ which must not import torch; the engine and the problem (torch) load on first us
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ilnas.utils.lazy import lazy_exports
 
 _LAZY = {
     "METHODS": "ilnas.hypergrad.names",
@@ -25,7 +24,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ilnas.hypergrad' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -5,8 +5,7 @@ Lazy: validating params imports ``ilnas.search.config`` only, so a typo fails be
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ilnas.utils.lazy import lazy_exports
 
 _LAZY = {
     "HYPERGRAD_METHODS": "ilnas.search.config",
@@ -24,7 +23,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ilnas.search' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

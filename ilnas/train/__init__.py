@@ -6,9 +6,8 @@ configuration in :mod:`ilnas.train.config`. Nothing here imports DVC, Prefect or
 
 from __future__ import annotations
 
-from typing import Any
-
 from ilnas.train.config import LeRaCConfig, RetrainConfig, TransferConfig
+from ilnas.utils.lazy import lazy_exports
 
 __all__ = [
     "LeRaCConfig",
@@ -31,10 +30,5 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # lazy: importing the configs (done by the pipeline at parse time) must not pull in timm
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ilnas.train' has no attribute {name!r}")
+# lazy: importing the configs (done by the pipeline at parse time) must not pull in timm
+__getattr__ = lazy_exports(__name__, _LAZY)
